@@ -1,0 +1,1 @@
+"""trainer: the two-branch source-separation network trained on blendgen shards."""
