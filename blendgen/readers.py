@@ -1,0 +1,855 @@
+"""Readers of labelled segmentation datasets behind one small interface.
+
+Every reader gives the same things for an image id: the RGB image, the uint8 label map
+(class ids of its :class:`~blendgen.classes.ClassSet`, 255 = ignore), the image size without
+decoding pixels, and, where the dataset has them, per-object annotations (instance count and
+VOC ``occluded`` flags) that the papers' evaluation subsets need.
+
+Kinds (see :data:`READERS`): ``voc`` and ``voc-aug`` (PASCAL VOC 2012 and its SBD-augmented
+training set), ``coco`` (MS-COCO instance annotations, converted once to semantic label PNGs)
+and ``folder`` (a plain folder of images, id masks and a class-names file).
+
+Readers hold only paths and small tables, so they pickle cheaply into worker processes.
+Bad input raises :class:`DatasetError` with one line naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import threading
+import warnings
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from .classes import COCO, COCO_CLASSES, VOC, ClassSet, voc_palette
+
+
+class DatasetError(ValueError):
+    """Bad input data; the message is one line naming the file and the problem.
+
+    Line breaks in the message (from wrapped library errors) are folded into spaces, so
+    that logs and the command line always show one line per problem.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).splitlines()))
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One annotated object instance (a VOC XML ``<object>``, a non-crowd COCO annotation)."""
+
+    name: str
+    occluded: bool
+    # xmin, ymin, xmax, ymax. VOC: as in the XML, 1-based and inclusive. COCO: 0-based pixel
+    # edges, the json's float box rounded outwards.
+    bbox: tuple[int, int, int, int]
+
+
+class Reader:
+    """Base class: subclasses set ``classes``, ``description`` and implement the paths."""
+
+    classes: ClassSet
+    description: dict  # JSON-able: kind, root, split, ... recorded in every output
+
+    def ids(self) -> list[str]:
+        raise NotImplementedError
+
+    def image_path(self, image_id: str) -> Path:
+        raise NotImplementedError
+
+    def label_path(self, image_id: str) -> Path:
+        raise NotImplementedError
+
+    def objects(self, image_id: str) -> list[ObjectInfo] | None:
+        """Per-object annotations, or None where the dataset has none."""
+        return None
+
+    # -- shared reading, with the checks every dataset needs ---------------------------------
+    def read_image(self, image_id: str) -> np.ndarray:
+        """(H, W, 3) uint8 RGB."""
+        return read_rgb(self.image_path(image_id))
+
+    def read_label(self, image_id: str) -> np.ndarray:
+        """(H, W) uint8 class ids, values checked against the class set."""
+        path = self.label_path(image_id)
+        label = read_label_png(path)
+        check_label_values(np.bincount(label.ravel(), minlength=256), self.classes, path)
+        return label
+
+    def image_size(self, image_id: str) -> tuple[int, int]:
+        """(H, W) of the image, from its header only."""
+        return header_size(self.image_path(image_id))
+
+    def read_pair(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """Image and label, checked to be the same size."""
+        image, label = self.read_image(image_id), self.read_label(image_id)
+        if image.shape[:2] != label.shape:
+            raise DatasetError(
+                f"{self.label_path(image_id)}: label is {label.shape[1]}x{label.shape[0]} but image "
+                f"{self.image_path(image_id).name} is {image.shape[1]}x{image.shape[0]}"
+            )
+        return image, label
+
+
+# -- file-level helpers ----------------------------------------------------------------------
+def _require(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing {what}")
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{exc.__class__.__name__}: {exc}"
+
+
+def _read_text(path: Path, what: str) -> str:
+    _require(path, what)
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: unreadable {what} ({_describe(exc)})") from None
+
+
+def _numbered_lines(path: Path, what: str) -> list[str]:
+    """Lines of a file where line ``i`` describes id ``i``: trailing blank lines are dropped,
+    a blank line inside would shift every later id and is an error."""
+    lines = [line.strip() for line in _read_text(path, what).splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    if not lines:
+        raise DatasetError(f"{path}: {what} is empty")
+    if "" in lines:
+        raise DatasetError(f"{path}: line {lines.index('') + 1} of the {what} is blank (line i names id i-1)")
+    return lines
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    _require(path, "image")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{path}: unreadable image ({_describe(exc)})") from None
+    if jpeg_truncated(data):
+        raise DatasetError(f"{path}: truncated JPEG (no end-of-image marker)")
+    # EXIF orientation is ignored so that the decoded size matches the header size that
+    # image_size() reports and the size the annotations were drawn on.
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if bgr is None:
+        raise DatasetError(f"{path}: unreadable image (not a JPEG/PNG that OpenCV can decode)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def jpeg_truncated(data: bytes) -> bool:
+    """True when a JPEG stream stops before its end-of-image marker, as a cut-off download
+    does. OpenCV decodes such files without an error, filling the missing rows with grey,
+    so the cut has to be found here.
+
+    The header segments are skipped by their lengths (an EXIF thumbnail inside them has its
+    own end marker), then the end marker must follow the first scan. Data other than JPEG
+    gives False: the decoder judges it.
+    """
+    if not data.startswith(b"\xff\xd8"):
+        return False
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return False  # malformed header: let the decoder report it
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+        elif marker == 0xDA:  # start of scan: compressed data runs to the end marker
+            return data.find(b"\xff\xd9", pos) < 0
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length field
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return True  # the file ends inside the header
+
+
+def read_label_png(path: Path) -> np.ndarray:
+    """A label PNG as uint8 ids. Palette PNGs give their indices (VOC ``SegmentationClass``),
+    grayscale PNGs their values (SBD-aug, COCO conversions, folders). OpenCV would expand a
+    palette to colours, so labels go through Pillow."""
+    _require(path, "label")
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L"):
+                raise DatasetError(f"{path}: label must be a palette or 8-bit grayscale PNG, got mode {im.mode}")
+            return np.array(im)  # a writable copy; np.asarray would give a read-only view
+    except DatasetError:
+        raise
+    except Exception as exc:  # PIL raises several types for corrupt files
+        raise DatasetError(f"{path}: unreadable label ({_describe(exc)})") from None
+
+
+def header_size(path: Path) -> tuple[int, int]:
+    _require(path, "image")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Exception as exc:
+        raise DatasetError(f"{path}: unreadable image ({_describe(exc)})") from None
+    return h, w
+
+
+def check_label_values(hist: np.ndarray, classes: ClassSet, path: Path) -> None:
+    """``hist``: 256-bin histogram of a label map. Values beyond the class set, other than the
+    ignore index, are an error."""
+    bad = np.flatnonzero(hist[classes.num_classes:])
+    bad = bad + classes.num_classes
+    bad = bad[bad != classes.ignore_index]
+    if bad.size:
+        raise DatasetError(
+            f"{path}: label values {bad[:5].tolist()} outside the class set 0..{classes.num_classes - 1}"
+            f" (and {classes.ignore_index} = ignore)"
+        )
+
+
+def read_id_list(path: Path) -> list[str]:
+    text = _read_text(path, "image-set list")
+    # VOC's per-class lists hold "id flag"; the id is the first word.
+    ids = [line.split()[0] for line in text.splitlines() if line.strip()]
+    if not ids:
+        raise DatasetError(f"{path}: image-set list is empty")
+    return ids
+
+
+def write_label_png(path: Path, label: np.ndarray) -> None:
+    """Write a grayscale label PNG atomically: a temporary name unique to this process and
+    thread, then a rename. Readers in other processes see the old state or the whole new
+    file, and two workers converting the same image cannot corrupt it."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.png")
+    try:
+        if not cv2.imwrite(str(tmp), label):
+            raise OSError("OpenCV could not write the PNG")
+        os.replace(tmp, path)
+    except (OSError, cv2.error) as exc:
+        tmp.unlink(missing_ok=True)
+        raise DatasetError(f"{path}: cannot write label ({_describe(exc)})") from None
+
+
+# -- PASCAL VOC 2012 ------------------------------------------------------------------------
+class VOCReader(Reader):
+    """PASCAL VOC 2012 layout under ``root`` (the ``VOC2012`` folder itself):
+    ``JPEGImages/ID.jpg``, ``SegmentationClass/ID.png`` (palette PNG),
+    ``Annotations/ID.xml``, ``ImageSets/Segmentation/{split}.txt``.
+
+    ``aug=True`` reads the SBD-augmented variant researchers use for training:
+    ``SegmentationClassAug/ID.png`` (grayscale) listed by ``ImageSets/Segmentation/train_aug.txt``
+    (or ``{split}.txt`` in that folder for other splits).
+
+    Files are checked when read, not when the reader opens (a stat per image of a 10k list
+    on a network disk is slow): an id without its JPEG fails in ``read_image``.
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", aug: bool = False):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root}: dataset root is not a directory")
+        self.split = split
+        self.aug = aug
+        self.classes = VOC
+        self._label_dir = self.root / ("SegmentationClassAug" if aug else "SegmentationClass")
+        list_name = "train_aug.txt" if aug and split == "train" else f"{split}.txt"
+        self._list = self.root / "ImageSets" / "Segmentation" / list_name
+        if aug and not self._list.is_file() and (self.root / list_name).is_file():
+            self._list = self.root / list_name  # some SBD-aug packages keep the list at the root
+        self._ids = read_id_list(self._list)
+        self.description = {
+            "kind": "voc-aug" if aug else "voc",
+            "root": str(self.root.resolve()),
+            "split": split,
+            "list": str(self._list.resolve()),
+            "options": {},
+        }
+
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def image_path(self, image_id: str) -> Path:
+        return self.root / "JPEGImages" / f"{image_id}.jpg"
+
+    def label_path(self, image_id: str) -> Path:
+        return self._label_dir / f"{image_id}.png"
+
+    def objects(self, image_id: str) -> list[ObjectInfo] | None:
+        path = self.root / "Annotations" / f"{image_id}.xml"
+        if not path.is_file():
+            return None
+        return parse_voc_xml(path)
+
+
+def parse_voc_xml(path: Path) -> list[ObjectInfo]:
+    try:
+        tree = ET.parse(path)
+    except (ET.ParseError, OSError) as exc:
+        raise DatasetError(f"{path}: unreadable annotation XML ({_describe(exc)})") from None
+    objects = []
+    for obj in tree.getroot().iter("object"):
+        objects.append(ObjectInfo(
+            name=(obj.findtext("name") or "").strip(),
+            occluded=(obj.findtext("occluded") or "0").strip() == "1",
+            bbox=_voc_box(obj.find("bndbox"), path),
+        ))
+    return objects
+
+
+def _voc_box(box: ET.Element | None, path: Path) -> tuple[int, int, int, int]:
+    if box is None:
+        return (0, 0, 0, 0)
+    try:
+        # Some VOC-style exports write "12.0"; int("12.0") would refuse it.
+        return tuple(int(float(box.findtext(k, "0"))) for k in ("xmin", "ymin", "xmax", "ymax"))
+    except ValueError as exc:
+        raise DatasetError(f"{path}: bad <bndbox> coordinate ({exc})") from None
+
+
+# -- MS-COCO instances, converted to semantic labels ----------------------------------------
+# Bump when the conversion or the cache layout changes: caches written before then count as
+# stale and are rebuilt.
+COCO_CACHE_FORMAT = 1
+
+# One row per annotation, rows of an image contiguous and in json order. ``rle_start`` and
+# ``rle_end`` delimit the annotation's compressed RLE string in the cache's byte blob.
+_COCO_ANN_DTYPE = np.dtype([
+    ("label", np.uint8),  # contiguous class id, 1..K
+    ("crowd", np.bool_),
+    ("area", np.int64),  # pixels of the mask, which decides the paint order
+    ("bbox", np.float32, (4,)),  # xmin, ymin, xmax, ymax (0-based pixel edges)
+    ("rle_start", np.int64),
+    ("rle_end", np.int64),
+])
+
+_STAMP, _INDEX, _TABLE, _BLOB = "stamp.json", "index.json", "annotations.npy", "rle.npy"
+
+
+class COCOReader(Reader):
+    """MS-COCO instance annotations as researchers download them:
+    ``root/annotations/instances_{split}2017.json`` and ``root/{split}2017/*.jpg``.
+
+    ``split`` is ``train``/``val`` or the full folder name (``train2017``, ``val2014``).
+    Options (relative paths are taken from ``root``; ``{split}`` in a path stands for the
+    full split name, so recorded options reopen other splits too): ``annotations=`` the
+    json, ``images=`` the image folder, ``cache_dir=`` the cache root (default
+    ``root/semantic_cache``). Label PNGs go to ``cache_dir/{split}2017/``, a folder that
+    belongs to the reader: it deletes the PNGs there when they are stale.
+
+    Label maps: categories map to contiguous ids 1..K in order of category id (the standard
+    80 give :data:`blendgen.classes.COCO`; other category lists give a class set of their
+    own), background 0, crowd regions 255. :func:`paint_coco_label` gives the paint order.
+    ``ids()`` are the file stems of *all* images in the json, in json order; images without
+    annotations are all background, as VOC keeps images without objects. ``objects()`` lists
+    the non-crowd annotations (COCO has no occlusion flag, so ``occluded`` is False).
+
+    Cost and caching: the train2017 json is 450 MB and takes tens of seconds to parse, so
+    it is parsed only when the cache is stale. Then every annotation becomes one compressed
+    RLE, stored with a small per-annotation table as ``.npy`` files in the cache dir, and
+    ``stamp.json`` (json name, size, mtime, image count) is written last. A later reader
+    with a matching stamp loads only ``index.json`` (ids, file names, sizes).
+
+    Label PNGs are painted lazily, one image at a time on its first ``label_path()``, and
+    written atomically, so worker processes of ``build-clusters --workers N`` convert in
+    parallel on the first run and find the PNGs on later runs. Workers get the reader
+    pickled with its small index only; each maps the RLE files read-only (``np.load(...,
+    mmap_mode="r")``) on its first conversion, so neither the json nor the segmentations are
+    copied into each process.
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", annotations: str | Path | None = None,
+                 images: str | Path | None = None, cache_dir: str | Path | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root}: dataset root is not a directory")
+        self.split = coco_split_name(split)
+        self.annotation_file = self._option_path(annotations, "annotations/instances_{split}.json")
+        self.image_dir = self._option_path(images, "{split}")
+        # One subfolder per split, so splits sharing a cache root never evict each other.
+        self.cache_dir = self._option_path(cache_dir, "semantic_cache") / self.split
+        _require(self.annotation_file, "COCO annotation file")
+
+        index = self._load_fresh_index()
+        if index is None:
+            index = self._rebuild_cache()
+        self.classes = ClassSet.from_json(index["classes"])
+        self._ids = [image[0] for image in index["images"]]
+        self._files = [image[1] for image in index["images"]]
+        self._sizes = np.array([image[2:4] for image in index["images"]], dtype=np.int32).reshape(-1, 2)
+        self._ranges = np.array([image[4:6] for image in index["images"]], dtype=np.int64).reshape(-1, 2)
+        self._index_rows()
+        self.description = {
+            "kind": "coco",
+            "root": str(self.root.resolve()),
+            "split": self.split,
+            "annotations": str(self.annotation_file.resolve()),
+            "images": str(self.image_dir.resolve()),
+            "cache_dir": str(self.cache_dir.resolve()),
+            "options": _given_options(annotations=annotations, images=images, cache_dir=cache_dir),
+        }
+
+    def __getstate__(self) -> dict:
+        # Memory maps would pickle as full copies; each process maps the files itself. The
+        # id -> row map is rebuilt rather than shipped, which keeps the pickle small.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_row", "_table", "_blob")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._index_rows()
+
+    def _option_path(self, value: str | Path | None, default: str) -> Path:
+        return self.root / str(value or default).replace("{split}", self.split)
+
+    def _index_rows(self) -> None:
+        self._row = {image_id: row for row, image_id in enumerate(self._ids)}
+        self._table = self._blob = None  # mapped on first use, in each process
+
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def image_path(self, image_id: str) -> Path:
+        return self.image_dir / self._files[self._row_of(image_id)]
+
+    def label_path(self, image_id: str) -> Path:
+        """The cached label PNG, painted and written first if it is not there yet."""
+        row = self._row_of(image_id)
+        path = self.cache_dir / f"{image_id}.png"
+        if not path.is_file():
+            write_label_png(path, self._paint(row))
+        return path
+
+    def objects(self, image_id: str) -> list[ObjectInfo]:
+        start, end = self._ranges[self._row_of(image_id)]
+        return [
+            ObjectInfo(name=self.classes.names[ann["label"]], occluded=False, bbox=_outward_box(ann["bbox"]))
+            for ann in self._annotation_table()[start:end]
+            if not ann["crowd"]
+        ]
+
+    # -- internals ---------------------------------------------------------------------------
+    def _row_of(self, image_id: str) -> int:
+        try:
+            return self._row[image_id]
+        except KeyError:
+            raise DatasetError(f"{self.annotation_file}: no image with id {image_id!r}") from None
+
+    def _paint(self, row: int) -> np.ndarray:
+        start, end = self._ranges[row]
+        height, width = self._sizes[row]
+        anns, blob = self._annotation_table()[start:end], self._rle_blob()
+        try:
+            return paint_coco_label(int(height), int(width), anns, blob, self.classes.ignore_index)
+        except ValueError as exc:  # pycocotools refuses an RLE that does not fit the image
+            raise DatasetError(f"{self.annotation_file}: bad segmentation for image {self._ids[row]!r} ({exc})") from None
+
+    def _annotation_table(self) -> np.ndarray:
+        if self._table is None:
+            self._table = self._map_cache_file(_TABLE)
+        return self._table
+
+    def _rle_blob(self) -> np.ndarray:
+        if self._blob is None:
+            self._blob = self._map_cache_file(_BLOB)
+        return self._blob
+
+    def _map_cache_file(self, name: str) -> np.ndarray:
+        path = self.cache_dir / name
+        try:
+            return np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"{path}: unreadable label cache ({_describe(exc)}); open the dataset again to rebuild it") from None
+
+    def _current_stamp(self, num_images: int | None) -> dict:
+        stat = self.annotation_file.stat()
+        # The json's name, not its full path: moving a dataset must not invalidate its cache,
+        # but two splits sharing one cache_dir must.
+        return {"format": COCO_CACHE_FORMAT, "annotations": self.annotation_file.name,
+                "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "images": num_images}
+
+    def _load_fresh_index(self) -> dict | None:
+        """The cached index if the stamp matches the json and the cache files are whole,
+        else None (anything unreadable just means: rebuild)."""
+        try:
+            stamp = json.loads((self.cache_dir / _STAMP).read_text())
+            index = json.loads((self.cache_dir / _INDEX).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(index, dict):
+            return None
+        expected = self._current_stamp(len(index.get("images", ())))
+        files_present = all((self.cache_dir / name).is_file() for name in (_TABLE, _BLOB))
+        return index if stamp == expected and files_present else None
+
+    def _rebuild_cache(self) -> dict:
+        """Parse the json, store its annotations as RLEs, drop label PNGs painted from an
+        older json. The stamp goes last, so an interrupted rebuild is redone next time."""
+        parsed = parse_coco_json(self.annotation_file)
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            (self.cache_dir / _STAMP).unlink(missing_ok=True)
+            for old in self.cache_dir.glob("*.png"):
+                old.unlink()
+            _save_npy_atomic(self.cache_dir / _TABLE, parsed.table)
+            _save_npy_atomic(self.cache_dir / _BLOB, parsed.blob)
+            _write_text_atomic(self.cache_dir / _INDEX, json.dumps(parsed.index))
+            _write_text_atomic(self.cache_dir / _STAMP, json.dumps(self._current_stamp(len(parsed.index["images"]))))
+        except OSError as exc:
+            raise DatasetError(f"{self.cache_dir}: cannot write the label cache ({_describe(exc)})") from None
+        return parsed.index
+
+
+def coco_split_name(split: str) -> str:
+    """``train`` -> ``train2017``; names that carry a year (``val2014``) are kept."""
+    return split if re.search(r"\d{4}$", split) else f"{split}2017"
+
+
+def paint_coco_label(height: int, width: int, anns: np.ndarray, blob: np.ndarray, ignore: int) -> np.ndarray:
+    """The semantic label map of one image from its annotation rows.
+
+    Overlaps are settled by paint order, later on top: crowd regions first (as ``ignore``),
+    then objects from the largest mask area to the smallest, ties in json order. A small
+    object lying on a larger one (a cup on a table, a person before a bus) so stays visible
+    instead of disappearing under it, and a person annotated on their own inside a crowd
+    region keeps the class; only the unresolved rest of the crowd is ignored.
+    """
+    label = np.zeros((height, width), dtype=np.uint8)
+    if len(anns) == 0:
+        return label
+    anns = anns[np.lexsort((-anns["area"], ~anns["crowd"]))]  # stable; the last key sorts first
+    with warnings.catch_warnings():
+        # pycocotools' decoder predates numpy 2's __array__(copy=...) protocol; numpy falls
+        # back to the old call, which works, and warns about it on every call.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for ann in anns:  # one mask at a time: a crowded large image needs no (H, W, N) stack
+            rle = {"size": [height, width], "counts": blob[ann["rle_start"]:ann["rle_end"]].tobytes()}
+            label[mask_utils.decode(rle) != 0] = ignore if ann["crowd"] else ann["label"]
+    return label
+
+
+@dataclass
+class ParsedCOCO:
+    index: dict  # JSON-able: {"classes": ClassSet json, "images": [[id, file, h, w, start, end]]}
+    table: np.ndarray  # _COCO_ANN_DTYPE rows
+    blob: np.ndarray  # uint8: the compressed RLE strings, back to back
+
+
+def parse_coco_json(path: Path) -> ParsedCOCO:
+    """Read a COCO instances json into the compact form the cache stores."""
+    data = _load_json(path)
+    try:
+        classes, label_of_category = coco_classes(data["categories"], path)
+        images, row_of_coco_id = _coco_images(data["images"], path)
+        if not images:
+            raise DatasetError(f"{path}: lists no images")
+        per_image = [[] for _ in images]
+        for ann in data["annotations"]:
+            row = row_of_coco_id.get(ann["image_id"])
+            if row is None:
+                raise DatasetError(f"{path}: annotation {ann.get('id')} refers to unknown image id {ann['image_id']}")
+            label = label_of_category.get(ann["category_id"])
+            if label is None:
+                raise DatasetError(f"{path}: annotation {ann.get('id')} has unknown category id {ann['category_id']}")
+            per_image[row].append((label, ann, _segmentation_rle(ann["segmentation"], *images[row][2:4])))
+    except DatasetError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise DatasetError(f"{path}: malformed COCO annotations ({_describe(exc)})") from None
+    return _pack_annotations(classes, images, per_image)
+
+
+def _load_json(path: Path) -> dict:
+    _require(path, "COCO annotation file")
+    try:
+        with open(path, "rb") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DatasetError(f"{path}: unreadable COCO annotations ({_describe(exc)})") from None
+    if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= data.keys():
+        raise DatasetError(f"{path}: not a COCO instances file (needs 'images', 'annotations' and 'categories')")
+    return data
+
+
+def coco_classes(categories: list[dict], path: Path) -> tuple[ClassSet, dict[int, int]]:
+    """The class set and the map category id -> contiguous label id (1.., by category id)."""
+    categories = sorted(categories, key=lambda c: c["id"])
+    category_ids = [c["id"] for c in categories]
+    if len(set(category_ids)) != len(category_ids):
+        raise DatasetError(f"{path}: category ids are not unique")
+    names = tuple(str(c["name"]) for c in categories)
+    if names == COCO_CLASSES:
+        classes = COCO
+    else:
+        try:
+            classes = ClassSet(names=("background",) + names)
+        except ValueError as exc:
+            raise DatasetError(f"{path}: categories do not form a label space ({exc})") from None
+    return classes, {cid: i + 1 for i, cid in enumerate(category_ids)}
+
+
+def _coco_images(images: list[dict], path: Path) -> tuple[list[list], dict[int, int]]:
+    """``[id, file_name, height, width]`` per image in json order (id = file stem), and the
+    map json image id -> row."""
+    rows, row_of_coco_id, seen = [], {}, set()
+    for image in images:
+        file_name = str(image["file_name"])
+        stem = Path(file_name).stem
+        if stem in seen:
+            raise DatasetError(f"{path}: two images named {stem!r}")
+        seen.add(stem)
+        row_of_coco_id[image["id"]] = len(rows)
+        rows.append([stem, file_name, int(image["height"]), int(image["width"])])
+    return rows, row_of_coco_id
+
+
+def _segmentation_rle(segmentation, height: int, width: int) -> dict:
+    """One compressed RLE for any of COCO's segmentation forms: polygons, uncompressed RLE
+    (crowd annotations) or compressed RLE."""
+    if isinstance(segmentation, list):
+        # Fewer than 3 points enclose nothing; pycocotools would also take a first polygon
+        # of exactly 4 numbers for a box.
+        polygons = [p for p in segmentation if len(p) >= 6]
+        if not polygons:
+            return mask_utils.encode(np.zeros((height, width, 1), dtype=np.uint8, order="F"))[0]
+        return mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+    if isinstance(segmentation, dict):
+        if [int(s) for s in segmentation["size"]] != [height, width]:
+            raise ValueError(f"RLE size {segmentation['size']} differs from the image's {[height, width]}")
+        counts = segmentation["counts"]
+        if isinstance(counts, list):
+            if sum(counts) != height * width:
+                raise ValueError(f"RLE counts sum to {sum(counts)}, not {height}*{width} pixels")
+            return mask_utils.frPyObjects(segmentation, height, width)
+        return {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    raise TypeError(f"segmentation of type {type(segmentation).__name__}")
+
+
+def _pack_annotations(classes: ClassSet, images: list[list], per_image: list[list]) -> ParsedCOCO:
+    table = np.zeros(sum(len(anns) for anns in per_image), dtype=_COCO_ANN_DTYPE)
+    strings, offset, i = [], 0, 0
+    for row, anns in enumerate(per_image):
+        images[row] += [i, i + len(anns)]
+        for label, ann, rle in anns:
+            x, y, w, h = ann["bbox"] if "bbox" in ann else mask_utils.toBbox(rle)
+            table[i] = (label, bool(ann.get("iscrowd", 0)), int(mask_utils.area(rle)), (x, y, x + w, y + h),
+                        offset, offset + len(rle["counts"]))
+            strings.append(rle["counts"])
+            offset += len(rle["counts"])
+            i += 1
+    blob = np.frombuffer(b"".join(strings), dtype=np.uint8)
+    return ParsedCOCO(index={"classes": classes.to_json(), "images": images}, table=table, blob=blob)
+
+
+def _outward_box(box: np.ndarray) -> tuple[int, int, int, int]:
+    xmin, ymin, xmax, ymax = (float(v) for v in box)
+    return int(np.floor(xmin)), int(np.floor(ymin)), int(np.ceil(xmax)), int(np.ceil(ymax))
+
+
+def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# -- a plain folder of images and id masks --------------------------------------------------
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+class FolderReader(Reader):
+    """Images, id masks and a class-names file, as Cityscapes/ADE20K end up after conversion
+    to train ids: ``root/images/{split}/NAME.(jpg|png)``, ``root/masks/{split}/NAME.png``
+    (grayscale or palette PNG of uint8 ids) and ``root/classes.txt`` (line i names id i-1,
+    i.e. the first line is id 0).
+
+    If ``images/{split}`` does not exist but ``images`` holds image files itself, the
+    dataset has no splits: ``images/`` and ``masks/`` are used whatever ``split`` says.
+    Every image needs a mask and every mask an image; both are checked when the reader opens.
+
+    Options: ``images=``/``masks=`` subfolder names, ``classes_file=``, ``background=``
+    (comma-separated ids or names that are not object classes; default id 0 if it is named
+    "background", any case, else none), ``palette_file=`` (lines "r g b", line i = id i-1;
+    default ``root/palette.txt`` if present, else the VOC palette).
+    """
+
+    # Options default to None so that the description records only what was asked for.
+    def __init__(self, root: str | Path, split: str = "train", images: str | None = None, masks: str | None = None,
+                 classes_file: str | Path | None = None, background: str | None = None,
+                 palette_file: str | Path | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root}: dataset root is not a directory")
+        self.split = split
+        names_path = self.root / (classes_file or "classes.txt")
+        self.classes = _folder_classes(names_path, background, self._palette_path(palette_file))
+        self.image_dir, self.mask_dir = self._split_dirs(images or "images", masks or "masks")
+        self._image_files, self._mask_files = _pair_files(self.image_dir, self.mask_dir)
+        self._ids = sorted(self._image_files)
+        self.description = {
+            "kind": "folder",
+            "root": str(self.root.resolve()),
+            "split": split,
+            "images": str(self.image_dir.resolve()),
+            "masks": str(self.mask_dir.resolve()),
+            "classes_file": str(names_path.resolve()),
+            "background": list(self.classes.background),
+            "options": _given_options(images=images, masks=masks, classes_file=classes_file,
+                                      background=background, palette_file=palette_file),
+        }
+
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def image_path(self, image_id: str) -> Path:
+        return self.image_dir / self._image_files.get(image_id, f"{image_id}.jpg")
+
+    def label_path(self, image_id: str) -> Path:
+        return self.mask_dir / self._mask_files.get(image_id, f"{image_id}.png")
+
+    def _palette_path(self, palette_file: str | Path | None) -> Path | None:
+        if palette_file is not None:
+            return self.root / palette_file  # named explicitly: it must exist
+        default = self.root / "palette.txt"
+        return default if default.is_file() else None
+
+    def _split_dirs(self, images: str, masks: str) -> tuple[Path, Path]:
+        image_dir, mask_dir = self.root / images / self.split, self.root / masks / self.split
+        if not image_dir.is_dir():
+            flat = self.root / images
+            if not (flat.is_dir() and _list_files(flat, _IMAGE_SUFFIXES)):
+                raise DatasetError(f"{image_dir}: missing image folder (and {flat} holds no images)")
+            image_dir, mask_dir = flat, self.root / masks
+        if not mask_dir.is_dir():
+            raise DatasetError(f"{mask_dir}: missing mask folder")
+        return image_dir, mask_dir
+
+
+def _list_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Visible files directly in ``folder`` whose suffix (any case) is one of ``suffixes``."""
+    return [p for p in folder.iterdir()
+            if p.suffix.lower() in suffixes and not p.name.startswith(".") and p.is_file()]
+
+
+def _pair_files(image_dir: Path, mask_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """File names by stem for images and masks, checked to pair up one to one."""
+    images: dict[str, str] = {}
+    for path in sorted(_list_files(image_dir, _IMAGE_SUFFIXES)):
+        if path.stem in images:
+            raise DatasetError(f"{path}: second image named {path.stem!r} (also {images[path.stem]})")
+        images[path.stem] = path.name
+    if not images:
+        raise DatasetError(f"{image_dir}: no images (.jpg, .jpeg, .png)")
+    masks = {path.stem: path.name for path in sorted(_list_files(mask_dir, (".png",)))}
+    no_mask = sorted(set(images) - set(masks))
+    if no_mask:
+        raise DatasetError(f"{image_dir / images[no_mask[0]]}: no mask {mask_dir / (no_mask[0] + '.png')}"
+                           f"{_and_more(no_mask, 'images without masks')}")
+    no_image = sorted(set(masks) - set(images))
+    if no_image:
+        raise DatasetError(f"{mask_dir / masks[no_image[0]]}: mask without an image in {image_dir}"
+                           f"{_and_more(no_image, 'masks without images')}")
+    return images, masks
+
+
+def _and_more(items: list, what: str) -> str:
+    return f" (and {len(items) - 1} more {what})" if len(items) > 1 else ""
+
+
+def _folder_classes(names_path: Path, background: str | None, palette_path: Path | None) -> ClassSet:
+    names = tuple(_numbered_lines(names_path, "class-names file"))
+    background_ids = parse_background(background, names, names_path)
+    palette = read_palette(palette_path) if palette_path is not None else None
+    try:
+        return ClassSet(names=names, background=background_ids, palette=palette)
+    except ValueError as exc:  # duplicate names, more than 255 classes
+        raise DatasetError(f"{names_path}: classes do not form a label space ({exc})") from None
+
+
+def parse_background(spec: str | list | tuple | None, names: tuple[str, ...], names_path: Path) -> tuple[int, ...]:
+    """Background ids from ``spec``: comma-separated ids or class names (a number is taken as
+    an id). None: id 0 if it is named "background", else no background at all."""
+    if spec is None:
+        return (0,) if names[0].lower() == "background" else ()
+    items = spec.split(",") if isinstance(spec, str) else [str(item) for item in spec]
+    ids = []
+    for item in (item.strip() for item in items):
+        if not item:
+            continue
+        if re.fullmatch(r"\d+", item):
+            class_id = int(item)
+            if class_id >= len(names):
+                raise DatasetError(f"{names_path}: background id {class_id} is not a class (ids 0..{len(names) - 1})")
+        elif item in names:
+            class_id = names.index(item)
+        else:
+            raise DatasetError(f"{names_path}: background {item!r} is neither a class id nor a class name")
+        ids.append(class_id)
+    return tuple(sorted(set(ids)))
+
+
+def read_palette(path: Path) -> np.ndarray:
+    """A (256, 3) palette from lines "r g b" (line i = id i-1); ids the file does not reach
+    keep their VOC colour."""
+    palette = voc_palette()
+    lines = _numbered_lines(path, "palette file")
+    if len(lines) > 256:
+        raise DatasetError(f"{path}: {len(lines)} palette lines, at most 256 for uint8 labels")
+    for i, line in enumerate(lines):
+        values = line.replace(",", " ").split()
+        if len(values) != 3 or not all(re.fullmatch(r"\d+", v) and int(v) <= 255 for v in values):
+            raise DatasetError(f"{path}: line {i + 1} is {line!r}, expected three values 0..255 \"r g b\"")
+        palette[i] = [int(v) for v in values]
+    return palette
+
+
+# -- registry -------------------------------------------------------------------------------
+def _given_options(**options) -> dict:
+    """The options a reader was opened with, JSON-able, for ``description["options"]``: the
+    tools reopen a recorded dataset with ``open_reader(kind, root, split, **options)``."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items() if v is not None}
+
+
+def _voc(root: str | Path, split: str = "train") -> VOCReader:
+    return VOCReader(root, split, aug=False)
+
+
+def _voc_aug(root: str | Path, split: str = "train") -> VOCReader:
+    return VOCReader(root, split, aug=True)
+
+
+READERS = {
+    "voc": _voc,
+    "voc-aug": _voc_aug,
+    "coco": COCOReader,
+    "folder": FolderReader,
+}
+
+
+def reader_options(kind: str) -> list[str]:
+    """The keyword options ``open_reader`` accepts for ``kind``."""
+    params = inspect.signature(READERS[kind]).parameters
+    return [name for name in params if name not in ("root", "split")]
+
+
+def open_reader(kind: str, root: str | Path, split: str = "train", **options) -> Reader:
+    """The one entry point: ``kind`` is one of :data:`READERS`; ``options`` are the keyword
+    arguments of that reader (an option another kind takes is refused, not ignored)."""
+    if kind not in READERS:
+        raise DatasetError(f"unknown dataset kind {kind!r}; choose from {', '.join(sorted(READERS))}")
+    unknown = sorted(set(options) - set(reader_options(kind)))
+    if unknown:
+        accepted = ", ".join(reader_options(kind)) or "none"
+        raise DatasetError(f"dataset kind {kind!r} takes no option {', '.join(unknown)} (options: {accepted})")
+    return READERS[kind](root, split, **options)
