@@ -5,6 +5,8 @@
 Writes a VOC-layout dataset of VOC-sized (500x375-ish) palette labels and JPEG images into a
 temporary folder (kept under bench/results/ with --keep), then times, side by side:
   floor      a bare loop that only decodes the label PNGs (same decoder: Pillow), 1 process
+  floor to array   the same, also converting each decoded label to a numpy array
+  floor + histogram  decode and count label values (Pillow), the least a class-set scan can do
   scan w=1   build-clusters' per-image work in one process (decode + histogram + checks + header)
   scan w=N   the same with N worker processes
   whole      the whole command with N workers, including writing the outputs and the heat map
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from blendgen.clusters import ClusterConfig, build_clusters, scan_class_sets  # noqa: E402
@@ -51,6 +54,25 @@ def make_dataset(root: Path, n: int, seed: int = 0) -> list[str]:
 
 
 def time_floor(root: Path, ids: list[str]) -> float:
+    """Decode every label PNG (Pillow, the decoder build-clusters uses), nothing else."""
+    t = time.perf_counter()
+    for image_id in ids:
+        with Image.open(root / "SegmentationClass" / f"{image_id}.png") as im:
+            im.load()
+    return time.perf_counter() - t
+
+
+def time_floor_histogram(root: Path, ids: list[str]) -> float:
+    """Decode and count the label values: the least any class-set computation must do."""
+    t = time.perf_counter()
+    for image_id in ids:
+        with Image.open(root / "SegmentationClass" / f"{image_id}.png") as im:
+            im.histogram()
+    return time.perf_counter() - t
+
+
+def time_floor_array(root: Path, ids: list[str]) -> float:
+    """Decode every label PNG into a numpy array, as any per-pixel consumer must."""
     t = time.perf_counter()
     for image_id in ids:
         read_label_png(root / "SegmentationClass" / f"{image_id}.png")
@@ -91,6 +113,8 @@ def main() -> None:
         for _ in range(args.repeats):  # interleaved, so drift in machine load hits all alike
             rows.append({
                 "floor": time_floor(root, ids),
+                "floor to array": time_floor_array(root, ids),
+                "floor + histogram": time_floor_histogram(root, ids),
                 "scan w=1": time_scan(root, 1),
                 "scan w=1 no header": time_scan(root, 1, check_images=False),
                 f"scan w={args.workers}": time_scan(root, args.workers),
@@ -102,7 +126,9 @@ def main() -> None:
         for k, v in best.items():
             print(f"{k:<24}{v:>9.2f}{n / v:>10.0f}{best['floor'] / v:>10.2f}")
         w = args.workers
-        print(f"per-worker efficiency, scan w=1 vs floor: {best['floor'] / best['scan w=1']:.2f}")
+        print(f"per-worker efficiency, scan w=1 vs floor: {best['floor'] / best['scan w=1']:.2f}; "
+              f"vs floor + histogram: {best['floor + histogram'] / best['scan w=1']:.2f}; "
+              f"without image headers: {best['floor + histogram'] / best['scan w=1 no header']:.2f}")
         print(f"speed-up of scan w={w} over w=1: {best['scan w=1'] / best[f'scan w={w}']:.2f}x")
 
 

@@ -15,6 +15,8 @@ Bad input raises :class:`DatasetError` with one line naming the file and what is
 
 from __future__ import annotations
 
+import contextlib
+
 import inspect
 import json
 import os
@@ -179,12 +181,26 @@ def read_label_png(path: Path) -> np.ndarray:
     """A label PNG as uint8 ids. Palette PNGs give their indices (VOC ``SegmentationClass``),
     grayscale PNGs their values (SBD-aug, COCO conversions, folders). OpenCV would expand a
     palette to colours, so labels go through Pillow."""
+    with _open_label(path) as im:
+        return np.array(im)  # a writable copy; np.asarray would give a read-only view
+
+
+def read_label_histogram(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
+    """(256-bin histogram of the label ids, (H, W)) without building a numpy array: Pillow
+    counts the decoded pixels in C, which is all ``build-clusters`` needs."""
+    with _open_label(path) as im:
+        return np.asarray(im.histogram(), dtype=np.int64), (im.height, im.width)
+
+
+@contextlib.contextmanager
+def _open_label(path: Path):
     _require(path, "label")
     try:
         with Image.open(path) as im:
             if im.mode not in ("P", "L"):
                 raise DatasetError(f"{path}: label must be a palette or 8-bit grayscale PNG, got mode {im.mode}")
-            return np.array(im)  # a writable copy; np.asarray would give a read-only view
+            im.load()
+            yield im
     except DatasetError:
         raise
     except Exception as exc:  # PIL raises several types for corrupt files
