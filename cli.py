@@ -73,7 +73,9 @@ def synth(out, seed, num_train, num_val, min_size, max_size, workers, quiet):
         summary = make_synthetic_voc(config, progress=not quiet)
     except (ValueError, FileExistsError) as exc:
         _fail(exc)
-    click.echo(f"wrote {out}: " + json.dumps(summary, default=str)[:400])
+    images, objects, occluded = (summary[k] for k in ("images", "objects", "occluded_objects"))
+    click.echo(f"wrote {out}: " + ", ".join(
+        f"{split} {images[split]} images / {objects[split]} objects ({occluded[split]} occluded)" for split in images))
 
 
 @blendgen.command("build-clusters")
@@ -122,6 +124,208 @@ def build_clusters(dataset, root, split, out, workers, no_check_images, options,
     click.echo(f"wrote {out}/clusters.npz, dataset.json, cooccurrence.csv, class_counts.csv, cooccurrence.png")
 
 
+MIX_STRATEGIES = ["clustered", "random", "within", "random-fixed", "half"]  # blendgen.plan.STRATEGIES
+
+
+def _delta_option(ctx, param, value):
+    if value is None:
+        return None
+    from blendgen.plan import parse_delta
+
+    try:
+        return parse_delta(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).removeprefix("delta: ")) from None
+
+
+def _part_option(ctx, param, value):
+    from blendgen.runner import Part
+
+    try:
+        return Part.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).removeprefix("part: ")) from None
+
+
+def _shard_write_options(f):
+    """Options shared by mix and pack: how the shard directory is written."""
+    for option in reversed([
+        click.option("--shard-size", type=click.IntRange(1), default=1000, show_default=True,
+                     help="Samples per shard file (the unit of parallelism and of resume)."),
+        click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Processes."),
+        click.option("--part", default="1/1", show_default=True, callback=_part_option, metavar="I/N",
+                     help="Write only part I of N (shards s with s mod N = I-1), e.g. one SLURM array task each."),
+        click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95, show_default=True,
+                     help="Image JPEG quality (labels are lossless PNG); see docs/storage.md."),
+        click.option("--chroma", type=click.Choice(["420", "444"]), default="420", show_default=True,
+                     help="JPEG chroma subsampling."),
+        click.option("--merge", is_flag=True,
+                     help="Only merge the parts' manifest fragments found in the directory into manifest.json."),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _report_run(result, what: str) -> None:
+    done = f"{result.written} shards written, {result.kept} kept from an earlier run"
+    if result.manifest is None:
+        waiting = ", ".join(str(i) for i in result.waiting_for)
+        click.echo(f"part {result.part} done: {result.samples} {what} in {result.shards} shards ({done}); "
+                   f"waiting for parts {waiting} of {result.part.count}: the last part to finish writes "
+                   f"{result.directory}/manifest.json (or copy the fragments together and run with --merge)")
+        return
+    m = result.manifest
+    click.echo(f"wrote {result.directory}: {m['num_samples']} {what} in {len(m['shards'])} shards, "
+               f"{sum(s['bytes'] for s in m['shards']) / 1e9:.3f} GB ({done} by this part), manifest.json")
+
+
+@blendgen.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out"), show_default=True,
+              help="The build-clusters output directory; shards go to OUT/mixed.")
+@click.option("--strategy", type=click.Choice(MIX_STRATEGIES), default="clustered", show_default=True,
+              help="Pairing: clustered = C_fb (the method); random = R_fb, within = Ca_fb, "
+                   "random-fixed = WR_fb, half = M_fb (BMVC Table 5a ablations).")
+@click.option("--delta", default=None, callback=_delta_option, metavar="LO:HI|V",
+              help="Weight of the dominant image: uniform in [LO, HI] or fixed V, within [0.5, 1]. "
+                   "Default 0.7:1.0 (0.6 for random-fixed).")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Same seed, byte-identical shards.")
+@click.option("--pairs", type=click.IntRange(1), default=None,
+              help="Pairs per image for random / random-fixed / half (default 10 / 10 / 1).")
+@click.option("--dest", type=click.Path(path_type=Path), default=None,
+              help="Write the shards here instead of OUT/mixed (e.g. one directory per ablation).")
+@_shard_write_options
+def mix(out, strategy, delta, seed, pairs, dest, shard_size, workers, part, jpeg_quality, chroma, merge, quiet):
+    """Blend image pairs into HDF5 shards (OUT/mixed) from the build-clusters output.
+
+    With the clustered strategy every image of cluster k is blended with one random image of
+    each other cluster: N-1 samples per image and cluster. A rerun resumes (complete shards
+    are kept); --part I/N splits the work over machines, --workers over processes, and any
+    split gives the same files.
+
+    \b
+    Example:
+      blendgen mix --out out/ --delta 0.7:1.0 --workers 2
+      blendgen mix --out out/ --part 1/2   # and --part 2/2 elsewhere
+    """
+    from blendgen.mix import MixConfig, merge as merge_run, mix as run
+    from blendgen.runner import WriteOptions
+
+    try:
+        config = MixConfig(out=out, strategy=strategy, delta=delta, seed=seed, pairs=pairs, dest=dest,
+                           write=WriteOptions(shard_size=shard_size, workers=workers, part=part,
+                                              image_quality=jpeg_quality, image_chroma=chroma))
+        if merge:
+            manifest = merge_run(config)
+            click.echo(f"wrote {config.directory}/manifest.json: {manifest['num_samples']} samples "
+                       f"in {len(manifest['shards'])} shards")
+            return
+        result, plan = run(config, progress=not quiet)
+    except (ValueError, OSError) as exc:
+        _fail(exc)
+    skipped = ", ".join(f"{k} {v}" for k, v in plan.skipped.items() if v) or "none"
+    click.echo(f"plan: {len(plan)} samples ({plan.strategy}, delta {plan.delta}, seed {plan.seed}); "
+               f"skipped pairs: {skipped}")
+    _report_run(result, "samples")
+
+
+@blendgen.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out"), show_default=True,
+              help="The build-clusters output directory; shards go to OUT/SPLIT.")
+@click.option("--split", default="train", show_default=True, help="Split of the same dataset to pack (train, val, ...).")
+@click.option("--dest", type=click.Path(path_type=Path), default=None, help="Write the shards here instead of OUT/SPLIT.")
+@_shard_write_options
+def pack(out, split, dest, shard_size, workers, part, jpeg_quality, chroma, merge, quiet):
+    """Write a split's standard (unblended) images as HDF5 shards (OUT/train, OUT/val).
+
+    Samples keep the class set, instance count and per-object occluded flags (evaluation
+    subsets); no phantom, delta = 1. Resume, --part and --workers work as for mix.
+
+    \b
+    Example:
+      blendgen pack --out out/ --split val
+    """
+    from blendgen.pack import PackConfig, merge as merge_run, pack as run
+    from blendgen.runner import WriteOptions
+
+    try:
+        config = PackConfig(out=out, split=split, dest=dest,
+                            write=WriteOptions(shard_size=shard_size, workers=workers, part=part,
+                                               image_quality=jpeg_quality, image_chroma=chroma))
+        if merge:
+            manifest = merge_run(config)
+            click.echo(f"wrote {config.directory}/manifest.json: {manifest['num_samples']} images "
+                       f"in {len(manifest['shards'])} shards")
+            return
+        result = run(config, progress=not quiet)
+    except (ValueError, OSError) as exc:
+        _fail(exc)
+    _report_run(result, "images")
+
+
+@blendgen.command("inspect")
+@click.argument("path", metavar="SHARD", type=click.Path(path_type=Path))
+@click.option("--shard", "shard_name", metavar="NAME", help="Shard file inside a directory (default: the first).")
+@click.option("--limit", type=click.IntRange(0), default=20, show_default=True, help="Rows of the sample table.")
+@click.option("--index", type=click.IntRange(0), default=None,
+              help="One sample of the shard: its full record (and the picture with --out).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Render sample --index (default 0) to this PNG.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect_(path, shard_name, limit, index, out, as_json):
+    """Schema, attributes and per-sample metadata of a shard; a picture of one sample.
+
+    SHARD is a shard file or a shard directory (then the manifest is summarised and its
+    first shard, or --shard NAME, is inspected; --index counts within that shard). Images
+    are decoded only for --out.
+
+    \b
+    Example:
+      blendgen inspect out/mixed --limit 5
+      blendgen inspect out/mixed/shard-00000.h5 --index 3 --out sample.png
+    """
+    from blendgen.inspect import InspectConfig, format_inspect, inspect as run
+    from blendgen.shards import ShardError
+
+    try:
+        config = InspectConfig(path=path, shard=shard_name, limit=limit, index=index, out=out)
+        report = run(config)
+    except (ShardError, ValueError, OSError) as exc:
+        _fail(exc)
+    click.echo(json.dumps(report, indent=1) if as_json else format_inspect(report))
+
+
+@blendgen.command("stats")
+@click.argument("path", metavar="SHARDS", type=click.Path(path_type=Path))
+@click.option("--bins", type=click.IntRange(1), default=10, show_default=True, help="δ histogram bins over [0.5, 1].")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="PNG: pair-count heat map and δ histogram.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def stats_(path, bins, out, as_json, quiet):
+    """Class-pair distribution and δ histogram of a shard directory.
+
+    Counts samples per (dominant cluster k, phantom cluster j) from the `pair` dataset
+    (class sets where no pair is recorded): with the clustered strategy all N(N-1) ordered
+    pairs k != j are present. Reads only `pair` and `delta`, never images.
+
+    \b
+    Example:
+      blendgen stats out/mixed --out out/mixed-stats.png
+    """
+    from blendgen.inspect import StatsConfig, format_stats, stats as run
+    from blendgen.shards import ShardError
+
+    try:
+        config = StatsConfig(path=path, bins=bins, out=out)
+        result = run(config, progress=not quiet)
+    except (ShardError, ValueError, OSError) as exc:
+        _fail(exc)
+    click.echo(json.dumps(result, indent=1) if as_json else format_stats(result))
+    if out is not None and not as_json:
+        click.echo(f"wrote {out}")
+
+
 # ============================================================================================
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def trainer():
@@ -131,6 +335,145 @@ def trainer():
     Example:
       trainer run --shards out/ --backbone mobilenet_v3_large --crop 128
     """
+
+
+def _train_errors():
+    from trainer.train import TrainingDiverged
+
+    return ValueError, TrainingDiverged  # ShardError and CheckpointError are ValueErrors
+
+
+@trainer.command("run")
+@click.option("--shards", type=click.Path(path_type=Path), required=True,
+              help="blendgen output root holding mixed/ (stage 1), train/ (stage 2) and val/ (evaluation).")
+@click.option("--preset", type=click.Choice(["demo"]), default=None,
+              help="Defaults for a setting; explicit options win. demo: mobilenet_v3_large, crop 128, "
+                   "300 + 150 steps at lr 1e-2 / 1e-3 (about 5 minutes on 2 CPU cores).")
+@click.option("--backbone", type=click.Choice(["resnet50", "resnet101", "mobilenet_v3_large"]), default=None,
+              help="DeepLabv3 encoder.  [default: resnet50]")
+@click.option("--backbone-weights", type=click.Choice(["imagenet"]), default=None,
+              help="Start the encoder from torchvision's ImageNet weights (downloaded on first use into "
+                   "$TORCH_HOME). Default: random init.")
+@click.option("--init", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Local state dict (or trainer checkpoint) loaded into the model before stage 1.")
+@click.option("--no-ssh", is_flag=True, help="No source separation head (the 'w/o SSH' ablation).")
+@click.option("--crop", type=click.IntRange(16), default=None, help="Random training crop.  [default: 321]")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Batch per process.  [default: 8]")
+@click.option("--accum", type=click.IntRange(1), default=None,
+              help="Gradient accumulation: batches per optimizer step.  [default: 1]")
+@click.option("--iters1", type=click.IntRange(0), default=None, help="Stage-1 optimizer steps (0 skips the stage).")
+@click.option("--iters2", type=click.IntRange(0), default=None, help="Stage-2 optimizer steps (0 skips the stage).")
+@click.option("--epochs1", type=click.IntRange(0), default=None, help="Stage-1 epochs, instead of --iters1.  [default: 30]")
+@click.option("--epochs2", type=click.IntRange(0), default=None, help="Stage-2 epochs, instead of --iters2.  [default: 30]")
+@click.option("--lr1", type=float, default=None, help="Stage-1 initial learning rate (poly 0.9).  [default: 2.5e-4]")
+@click.option("--lr2", type=float, default=None, help="Stage-2 initial learning rate (poly 0.9).  [default: 2.5e-5]")
+@click.option("--workers", type=click.IntRange(0), default=None, help="Loader processes per rank.  [default: 2]")
+@click.option("--seed", type=int, default=None, help="Seeds weights, data order and augmentation.  [default: 0]")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+              help="auto = CUDA (bf16 autocast, channels_last) when present, else CPU.  [default: auto]")
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "none"]), default=None,
+              help="Autocast: auto = bf16 on CUDA, none (fp32) on CPU; fp16 adds a grad scaler.  [default: auto]")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU threads of the training process. Default: torch's (all cores).")
+@click.option("--eval-crop", type=click.IntRange(16), default=None,
+              help="Evaluate on centre crops of this size (IJCV: 513). Default: full images (BMVC).")
+@click.option("--checkpoint-every", type=click.IntRange(1), default=None,
+              help="Optimizer steps between last.pt saves.  [default: 100]")
+@click.option("--log-every", type=click.IntRange(1), default=None,
+              help="Optimizer steps between metrics.jsonl lines.  [default: 10]")
+@click.option("--name", default=None, help="Run directory name under --out. Default: a timestamp.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Where run directories go.  [default: runs]")
+@click.option("--resume", is_flag=True, help="Continue runs/NAME from its last.pt (same options as the first run).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def run_(shards, preset, no_ssh, resume, quiet, **options):
+    """Stage 1 on SHARDS/mixed, stage 2 on SHARDS/train, evaluation on SHARDS/val.
+
+    Writes runs/NAME/: config.json, metrics.jsonl, stage1.pt, stage2.pt, last.pt, report.json,
+    report.md. Under torchrun every process trains on its share (DDP; only rank 0 writes).
+
+    \b
+    Example:
+      trainer run --shards out/ --preset demo --name demo
+      torchrun --standalone --nproc_per_node 2 -m trainer run --shards out/ --preset demo
+    """
+    from trainer.config import PRESETS, TrainConfig
+    from trainer.train import run
+
+    given = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items() if v is not None}
+    settings = dict(PRESETS.get(preset, {}))
+    for stage in ("1", "2"):  # an explicit length of either kind replaces the preset's
+        if f"iters{stage}" in given or f"epochs{stage}" in given:
+            settings.pop(f"iters{stage}", None)
+            settings.pop(f"epochs{stage}", None)
+    settings.update(given)
+    try:
+        config = TrainConfig(shards=str(shards), ssh=not no_ssh, resume=resume, progress=not quiet, **settings)
+        report = run(config)
+    except _train_errors() as exc:
+        _fail(exc)
+    if "report_dir" in report:
+        click.echo(f"val mIoU {100 * report['miou']:.2f}  pixel acc {100 * report['pixel_acc']:.2f}  "
+                   f"-> {report['report_dir']}/report.md")
+
+
+@trainer.command("eval")
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="stage1.pt, stage2.pt or last.pt.")
+@click.option("--shards", type=click.Path(path_type=Path), required=True, help="blendgen output root.")
+@click.option("--split", default="val", show_default=True, help="Shard directory under --shards to evaluate.")
+@click.option("--eval-crop", type=click.IntRange(16), default=None,
+              help="Centre crops of this size (IJCV: 513). Default: full images.")
+@click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True,
+              help="Images per batch (>1 pads full images, an approximation).")
+@click.option("--workers", type=click.IntRange(0), default=2, show_default=True, help="Loader processes.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--head", type=click.Choice(["auto", "t", "ss"]), default="auto", show_default=True,
+              help="Output to predict from; auto = S_t after stage 2, S_ss after stage 1.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Report directory. Default: eval-<checkpoint>-<split>/ beside the checkpoint.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def eval_(checkpoint, shards, split, eval_crop, batch_size, workers, device, head, out, quiet):
+    """mIoU, per-class IoU and pixel accuracy of a checkpoint on one split (report.json, report.md).
+
+    \b
+    Example:
+      trainer eval --checkpoint runs/demo/stage2.pt --shards out/
+    """
+    from trainer.evaluate import EvalConfig, evaluate_checkpoint
+
+    try:
+        config = EvalConfig(checkpoint=str(checkpoint), shards=str(shards), split=split, eval_crop=eval_crop,
+                            batch_size=batch_size, workers=workers, device=device, head=head,
+                            out=None if out is None else str(out), progress=not quiet)
+        report = evaluate_checkpoint(config)
+    except ValueError as exc:
+        _fail(exc)
+    if "report_dir" in report:
+        click.echo(f"{split} mIoU {100 * report['miou']:.2f}  pixel acc {100 * report['pixel_acc']:.2f}  "
+                   f"-> {report['report_dir']}/report.md")
+
+
+@trainer.command("predict")
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="stage2.pt (or any checkpoint).")
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for the PNGs.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--head", type=click.Choice(["auto", "t", "ss"]), default="auto", show_default=True,
+              help="Output to predict from; auto = S_t after stage 2, S_ss after stage 1.")
+def predict_(checkpoint, images, out, device, head):
+    """Colour-coded prediction PNGs (palette = the checkpoint's classes; pixel values = class ids).
+
+    \b
+    Example:
+      trainer predict --checkpoint runs/demo/stage2.pt data/demo-voc/JPEGImages/2026_000001.jpg --out preds/
+    """
+    from trainer.predict import PredictConfig, predict_images
+
+    try:
+        written = predict_images(PredictConfig(checkpoint=str(checkpoint), images=tuple(images), out=str(out),
+                                               device=device, head=head))
+    except ValueError as exc:
+        _fail(exc)
+    click.echo(f"wrote {len(written)} prediction(s) to {out}")
 
 
 if __name__ == "__main__":  # pragma: no cover

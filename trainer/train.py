@@ -1,0 +1,438 @@
+"""``trainer run``: stage 1 on blended shards, stage 2 on standard ones, then evaluation.
+
+    trainer run --shards out/ --backbone mobilenet_v3_large --crop 128 --iters1 300 --iters2 150
+    torchrun --standalone --nproc_per_node 2 -m trainer run --shards out/ ...
+
+1. Stage 1, source separation (IJCV 3.2): ``out/mixed``, L1 = CE(S_ss, G_a) + δ·CE(S_t, G_a)
+   + (1-δ)·CE(S_p, G_b) with each sample's δ; f_enc, F_t, F_p, F_ss trained end to end.
+2. Stage 2, denoising (IJCV 3.3): ``out/train``, from the stage-1 weights, L2 = CE(S_t, G)
+   + log Σ ReLU(S_p); F_ss frozen. Fresh optimizer and schedule, lr2.
+3. Evaluation on ``out/val``: mIoU of S_t (S_ss if stage 2 was skipped).
+
+Everything lands in ``runs/NAME/``: config.json, metrics.jsonl, stage1.pt, stage2.pt, last.pt,
+report.json, report.md. ``last.pt`` is rewritten every ``checkpoint_every`` optimizer steps and
+at each stage's end; ``--resume`` continues from it at the same optimizer step, data batch and
+RNG state, so on CPU the resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from blendgen.classes import ClassSet
+from blendgen.shards import ShardDir
+
+from . import checkpoint as ckpt_io
+from .config import RESUMABLE_CHANGES, TrainConfig
+from .data import ShardStream, make_loader
+from .distributed import (Dist, all_ranks_ok, barrier, broadcast_object, cleanup, init_distributed, mean_over_ranks,
+                          sync_buffers)
+from .evaluate import eval_head, eval_loader, evaluate, make_report, write_report
+from .losses import stage1_loss, stage2_loss
+from .model import ModelConfig, build_model, configure_stage
+from .transforms import normalize, train_transform
+
+SPLITS = {1: "mixed", 2: "train"}  # stage -> shard directory under --shards
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run stopped without saving the bad state."""
+
+
+@dataclass
+class Position:
+    """Where a stage stands: optimizer steps taken, and the data position of the next batch."""
+
+    stage: int
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0  # batches of ``epoch`` already consumed
+
+    def to_dict(self) -> dict:
+        return {"stage": self.stage, "step": self.step, "epoch": self.epoch, "batch": self.batch}
+
+
+@dataclass
+class Run:
+    """What every function of a run shares: its config, process, output directory, classes."""
+
+    config: TrainConfig
+    dist: Dist
+    dir: Path
+    classes: ClassSet
+    model_config: ModelConfig
+    amp_dtype: torch.dtype | None
+    started: float = field(default_factory=time.perf_counter)
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def log(self, record: dict) -> None:
+        if self.dist.is_main:
+            with open(self.path("metrics.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def say(self, message: str) -> None:
+        if self.dist.is_main:
+            tqdm.write(message, file=sys.stderr)
+
+
+# -- the run ----------------------------------------------------------------------------------------
+def run(config: TrainConfig) -> dict:
+    """Train both stages and evaluate; returns the evaluation report."""
+    d = init_distributed(config.device)
+    threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        r = start_run(config, d)
+        torch.manual_seed(config.seed)  # the same initial weights on every rank and every rerun
+        model = prepare_model(r)
+        resume = load_resume(r, model) if config.resume else None
+        for stage in (1, 2):
+            kind, length = config.stage_length(stage)
+            if length == 0 or (resume and finished_before(resume, stage)):
+                continue
+            start = resume if resume and resume["position"]["stage"] == stage else None
+            train_stage(r, model, stage, start)
+        print(f"[rank {d.rank}] final weights sha256 {weights_digest(model)}", flush=True)
+        return final_evaluation(r, model)
+    finally:
+        torch.set_num_threads(threads)
+        cleanup()
+
+
+def start_run(config: TrainConfig, d: Dist) -> Run:
+    """Resolve the run directory and the classes; write config.json (rank 0)."""
+    name = config.name or broadcast_object(time.strftime("%Y%m%d-%H%M%S"), d)
+    config = config.replace(name=name)
+    run_dir = Path(config.out) / name
+    if config.resume:
+        check_resumable(config, run_dir)
+    elif (run_dir / "last.pt").exists():
+        raise ValueError(f"name: {run_dir} already holds a run; pass --resume to continue it or choose another --name")
+    classes = shard_classes(config)
+    model_config = ModelConfig(num_classes=classes.num_classes, backbone=config.backbone, ssh=config.ssh,
+                               backbone_weights=config.backbone_weights, init=config.init,
+                               output_stride=config.output_stride)
+    amp = config.amp if config.amp != "auto" else ("bf16" if d.device.type == "cuda" else "none")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
+    if d.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    if d.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop sizes: pick the fastest kernels once
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    barrier(d)
+    return Run(config, d, run_dir, classes, model_config, amp_dtype)
+
+
+def check_resumable(config: TrainConfig, run_dir: Path) -> None:
+    """A resumed run must compute what the interrupted one did: same config, a last.pt."""
+    if not (run_dir / "last.pt").is_file():
+        raise ValueError(f"resume: {run_dir / 'last.pt'} not found; nothing to resume")
+    saved = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    changed = [f"{k} (was {v!r}, now {getattr(config, k)!r})" for k, v in saved.to_dict().items()
+               if k not in RESUMABLE_CHANGES and config.to_dict()[k] != v]
+    if changed:
+        raise ValueError("resume: the run was started with other options: " + ", ".join(changed))
+
+
+def shard_classes(config: TrainConfig) -> ClassSet:
+    """The class set shared by every split the run reads (refusing splits that disagree)."""
+    splits = [SPLITS[s] for s in (1, 2) if config.stage_length(s)[1] > 0] + ["val"]
+    dirs = {split: ShardDir.open(Path(config.shards) / split) for split in splits}
+    classes = {split: d.classes for split, d in dirs.items()}
+    first = classes[splits[0]]
+    for split, c in classes.items():
+        if c.names != first.names or c.ignore_index != first.ignore_index:
+            raise ValueError(f"shards: {split}/ has classes {list(c.names)}, {splits[0]}/ has {list(first.names)}")
+    return first
+
+
+def prepare_model(r: Run) -> nn.Module:
+    """Build the network (with --init weights), moved to the device in its memory format."""
+    if r.config.init is not None:
+        check_init(r.config.init, r.model_config)
+    try:
+        model = build_model(r.model_config)
+    except OSError as exc:  # torch.hub's download of --backbone-weights imagenet
+        raise ValueError(f"backbone_weights: could not fetch the ImageNet weights ({exc})") from None
+    except RuntimeError as exc:  # load_state_dict's size mismatches: keep one line
+        if r.config.init is None:
+            raise
+        raise ckpt_io.CheckpointError(f"init: {r.config.init} does not fit this model: "
+                                      f"{str(exc).splitlines()[-1].strip()}") from None
+    model = model.to(r.dist.device)
+    if r.dist.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)  # NHWC: the tensor-core convolution layout
+    return model
+
+
+def check_init(path: str, model_config: ModelConfig) -> None:
+    """An --init file that is one of our checkpoints must be of the same architecture."""
+    try:
+        ckpt = ckpt_io.load(path)
+    except ckpt_io.CheckpointError:
+        return  # a bare state dict (e.g. torchvision's): load_init matches it key by key
+    ckpt_io.check_compatible(ckpt, f"init {path}", model_config={"backbone": model_config.backbone,
+                                                                  "output_stride": model_config.output_stride})
+
+
+def load_resume(r: Run, model: nn.Module) -> dict:
+    """last.pt, checked against this run and loaded into ``model``; trims metrics.jsonl to it."""
+    ckpt = ckpt_io.load(r.path("last.pt"))
+    ckpt_io.check_compatible(ckpt, str(r.path("last.pt")), model_config=_plain(r.model_config), classes=r.classes)
+    model.load_state_dict(ckpt["model"])
+    ckpt_io.set_rng_state(ckpt["rng"])  # dropout masks continue where the interrupted run was
+    position = ckpt["position"]
+    if r.dist.is_main:
+        trim_metrics(r.path("metrics.jsonl"), position["stage"], position["step"])
+    r.say(f"resuming {r.dir} at stage {position['stage']} step {position['step']}")
+    return ckpt
+
+
+def finished_before(resume: dict, stage: int) -> bool:
+    p = resume["position"]
+    return stage < p["stage"] or (stage == p["stage"] and resume["stage_done"])
+
+
+def trim_metrics(path: Path, stage: int, step: int) -> None:
+    """Drop the lines a killed run logged after its last checkpoint: the resumed run logs them again."""
+    if not path.exists():
+        return
+
+    def logged_before(line: str) -> bool:
+        m = json.loads(line)
+        return (m["stage"], m["step"]) <= (stage, step)
+
+    keep = [line for line in path.read_text().splitlines() if line and logged_before(line)]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+# -- one stage --------------------------------------------------------------------------------------
+@dataclass
+class Stage:
+    """The moving parts of one stage's optimization."""
+
+    number: int
+    model: nn.Module  # the DDP wrapper when distributed
+    criterion: Callable[[dict, dict, int], tuple[Tensor, dict]]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    total_steps: int
+    position: Position
+
+
+def train_stage(r: Run, model: nn.Module, stage: int, start: dict | None) -> None:
+    """Optimize one stage to its step budget, checkpointing along the way."""
+    c = r.config
+    dataset = train_dataset(r, stage)
+    s = make_stage(r, model, stage, len(dataset), start)
+    loader = make_loader(dataset, c.workers, pin_memory=r.dist.device.type == "cuda")
+    r.say(f"stage {stage}: {dataset.num_samples} samples in {dataset.path}, {len(dataset)} batches/epoch per "
+          f"process, {s.total_steps} optimizer steps")
+    bar = tqdm(total=s.total_steps, initial=s.position.step, desc=f"stage {stage}", unit="step",
+               disable=not (c.progress and r.dist.is_main), dynamic_ncols=True)
+    while s.position.step < s.total_steps:
+        dataset.set_epoch(s.position.epoch, s.position.batch)
+        train_one_epoch(r, s, loader, bar)
+        if s.position.batch == len(dataset):
+            s.position.epoch, s.position.batch = s.position.epoch + 1, 0
+    bar.close()
+    sync_buffers(model, r.dist)
+    if r.dist.is_main:  # before last.pt says the stage is done, so a kill between them loses nothing
+        ckpt_io.save(r.path(f"stage{stage}.pt"), weights_payload(r, model, stage))
+    save_checkpoint(r, model, s, stage_done=True)
+
+
+def train_dataset(r: Run, stage: int) -> ShardStream:
+    c = r.config
+    return ShardStream(ShardDir.open(Path(c.shards) / SPLITS[stage]), train_transform(c.crop, c.scale), c.batch_size,
+                       shuffle=True, drop_last=True, seed=c.seed, rank=r.dist.rank, world_size=r.dist.world_size,
+                       shuffle_buffer=c.shuffle_buffer, unit=c.unit)
+
+
+def make_stage(r: Run, model: nn.Module, stage: int, batches_per_epoch: int, start: dict | None) -> Stage:
+    """Optimizer (SGD), poly schedule and scaler for a stage, restored from ``start`` if resuming."""
+    c = r.config
+    configure_stage(model, stage)  # stage 2 freezes F_ss (before DDP sees which parameters train)
+    kind, length = c.stage_length(stage)
+    total = length if kind == "iters" else max(1, length * batches_per_epoch // c.accum)
+    params = [p for p in model.parameters() if p.requires_grad]
+    lr = c.lr1 if stage == 1 else c.lr2
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=c.momentum, weight_decay=c.weight_decay)
+    # "poly" (Chen et al. 2018): lr = base * (1 - step / total) ** power
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: (1 - min(i, total) / total) ** c.poly_power)
+    scaler = torch.amp.GradScaler(r.dist.device.type, enabled=r.amp_dtype == torch.float16)
+    position = Position(stage)
+    if start is not None:
+        optimizer.load_state_dict(start["optimizer"])
+        scheduler.load_state_dict(start["scheduler"])
+        scaler.load_state_dict(start["scaler"])
+        position = Position(**start["position"])
+    wrapped = model
+    if r.dist.distributed:
+        device_ids = [r.dist.device.index] if r.dist.device.type == "cuda" else None
+        wrapped = DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
+    criterion = stage1_criterion if stage == 1 else stage2_criterion
+    return Stage(stage, wrapped, criterion, optimizer, scheduler, scaler, total, position)
+
+
+def stage1_criterion(out: dict[str, Tensor], batch: dict, ignore_index: int) -> tuple[Tensor, dict]:
+    return stage1_loss(out, batch["label"], batch["phantom"], batch["delta"], ignore_index)
+
+
+def stage2_criterion(out: dict[str, Tensor], batch: dict, ignore_index: int) -> tuple[Tensor, dict]:
+    return stage2_loss(out, batch["label"], ignore_index)
+
+
+def train_one_epoch(r: Run, s: Stage, loader, bar: tqdm) -> None:
+    """Consume the rest of the current epoch (or stop at the step budget): forward, loss,
+    backward per batch; an optimizer step every ``accum`` batches; log and checkpoint on steps."""
+    c, d = r.config, r.dist
+    s.model.train()
+    meter = Meter()
+    micro = 0  # batches into the current accumulation; checkpoints fall on 0, so resume starts at 0
+    tick = time.perf_counter()
+    for batch in loader:
+        meter.wait += time.perf_counter() - tick
+        x, batch = to_device(batch, d.device)
+        sync = (micro + 1) % c.accum == 0  # DDP all-reduces gradients only on the last micro-batch
+        with nullcontext() if sync or not d.distributed else s.model.no_sync():
+            with torch.autocast(d.device.type, dtype=r.amp_dtype) if r.amp_dtype else nullcontext():
+                out = s.model(normalize(x))  # {"t", "p", "ss"}: (B, K, H, W)
+            loss, terms = s.criterion(out, batch, r.classes.ignore_index)
+            if not all_ranks_ok(math.isfinite(terms["loss"]), d):
+                raise TrainingDiverged(f"stage {s.number} step {s.position.step + 1}: loss is {terms['loss']} "
+                                       f"(on this or another rank); stopped, the last good checkpoint is "
+                                       f"{r.path('last.pt') if r.path('last.pt').exists() else 'none'}")
+            s.scaler.scale(loss / c.accum).backward()
+        micro = (micro + 1) % c.accum
+        s.position.batch += 1
+        meter.add(terms, len(x) * d.world_size)
+        if sync:
+            optimizer_step(s)
+            bar.update(1)
+            bar.set_postfix(loss=f"{terms['loss']:.3f}", samples_s=f"{meter.rate():.1f}")
+            if s.position.step % c.log_every == 0 or s.position.step == s.total_steps:
+                r.log(meter.record(s, d))
+                meter = Meter()
+            if s.position.step % c.checkpoint_every == 0 and s.position.step < s.total_steps:
+                save_checkpoint(r, s.model, s, stage_done=False)
+            if s.position.step == s.total_steps:
+                return
+        tick = time.perf_counter()
+
+
+def to_device(batch: dict, device: torch.device) -> tuple[Tensor, dict]:
+    """uint8 images (channels_last on CUDA) and int64 labels on the device; from pinned memory
+    the copies are asynchronous."""
+    x = batch["image"].to(device, non_blocking=True)  # (B, 3, H, W) uint8
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    moved = {k: batch[k].to(device, non_blocking=True) for k in ("label", "phantom", "delta")}
+    return x, {**batch, **moved}
+
+
+def optimizer_step(s: Stage) -> None:
+    s.scaler.step(s.optimizer)
+    s.scaler.update()
+    s.optimizer.zero_grad(set_to_none=True)
+    s.scheduler.step()
+    s.position.step += 1
+
+
+class Meter:
+    """Loss terms, throughput and data-wait time since the last logged step."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.batches = 0
+        self.samples = 0
+        self.wait = 0.0
+        self.start = time.perf_counter()
+
+    def add(self, terms: dict[str, float], samples: int) -> None:
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.batches += 1
+        self.samples += samples
+
+    def rate(self) -> float:
+        return self.samples / max(time.perf_counter() - self.start, 1e-9)
+
+    def record(self, s: Stage, d: Dist) -> dict:
+        """One metrics.jsonl line: means over the interval and over ranks."""
+        means = mean_over_ranks({k: v / self.batches for k, v in self.sums.items()}
+                                | {"data_wait_s": self.wait / self.batches}, d)
+        return {"stage": s.number, "step": s.position.step, "epoch": s.position.epoch,
+                "lr": s.optimizer.param_groups[0]["lr"], **{k: round(v, 6) for k, v in means.items()},
+                "samples_per_s": round(self.rate(), 2), "time": round(time.time(), 3)}
+
+
+# -- checkpoints and the end ------------------------------------------------------------------------
+def _plain(model_config: ModelConfig) -> dict:
+    return dict(model_config.__dict__)
+
+
+def weights_payload(r: Run, model: nn.Module, stage: int) -> dict:
+    """What any checkpoint holds: weights and what they mean."""
+    return {"config": r.config.to_dict(), "model_config": _plain(r.model_config), "classes": r.classes.to_json(),
+            "stage": stage, "model": _unwrap(model).state_dict()}
+
+
+def save_checkpoint(r: Run, model: nn.Module, s: Stage, stage_done: bool) -> None:
+    """last.pt: weights plus everything a resumed run needs (rank 0 writes; all ranks agree)."""
+    if r.dist.is_main:
+        ckpt_io.save(r.path("last.pt"), {
+            **weights_payload(r, model, s.number), "position": s.position.to_dict(), "stage_done": stage_done,
+            "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
+            "scaler": s.scaler.state_dict(), "rng": ckpt_io.rng_state()})
+    barrier(r.dist)  # no rank runs ahead of a checkpoint a resume would start from
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def weights_digest(model: nn.Module) -> str:
+    """A short hash of every parameter and buffer: equal on all ranks after DDP training."""
+    h = hashlib.sha256()
+    for name, t in sorted(_unwrap(model).state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def final_evaluation(r: Run, model: nn.Module) -> dict:
+    """mIoU on val/ from the trained network; report.json and report.md (rank 0)."""
+    c = r.config
+    stage = 2 if c.stage_length(2)[1] > 0 else 1
+    head = eval_head(model, stage)
+    shards = ShardDir.open(Path(c.shards) / "val")
+    loader = eval_loader(shards, c.eval_crop, c.eval_batch_size, c.workers, r.dist)
+    start = time.perf_counter()
+    cm = evaluate(model, loader, r.classes.num_classes, r.classes.ignore_index, r.dist, head, r.amp_dtype, c.progress)
+    report = make_report(cm, r.classes, split="val", run=str(r.dir), stage=stage, head=head,
+                         samples=shards.num_samples, eval_crop=c.eval_crop,
+                         eval_time_s=round(time.perf_counter() - start, 2),
+                         total_time_s=round(time.perf_counter() - r.started, 2))
+    if r.dist.is_main:
+        write_report(r.dir, report)
+        report["report_dir"] = str(r.dir)  # only where it was written: the CLI prints it once
+    return report
