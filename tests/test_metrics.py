@@ -2,7 +2,6 @@
 
 import math
 import multiprocessing as mp
-import os
 
 import numpy as np
 import pytest
@@ -173,10 +172,6 @@ def _reduce_worker(rank, world_size, init_file, results):
         dist.destroy_process_group()
 
 
-@pytest.mark.skipif(
-    not os.environ.get("TRAINER_DIST_TESTS"),
-    reason="spawns two gloo ranks (~10 s); set TRAINER_DIST_TESTS=1 to run",
-)
 def test_reduce_sums_the_matrices_of_all_ranks(tmp_path):
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
