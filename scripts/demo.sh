@@ -19,11 +19,12 @@ blendgen pack --out "$OUT" --split val --workers "$WORKERS"
 blendgen inspect "$OUT/mixed" --index 0 --out "$OUT/sample-0.png" --limit 3
 blendgen stats "$OUT/mixed" --out "$OUT/mixed-stats.png" | head -n 8
 RUN=${RUN:-demo}
+TRAIN_ARGS=${TRAIN_ARGS:-}   # e.g. TRAIN_ARGS="--iters1 5 --iters2 5" RUN=smoke for a quick smoke run
 if [ -f "runs/$RUN/report.json" ]; then
   echo "runs/$RUN is complete; remove it to train again"
 elif [ -f "runs/$RUN/last.pt" ]; then
-  trainer run --shards "$OUT" --preset demo --name "$RUN" --resume     # an interrupted demo continues
+  trainer run --shards "$OUT" --preset demo --name "$RUN" --resume $TRAIN_ARGS   # an interrupted demo continues
 else
-  trainer run --shards "$OUT" --preset demo --name "$RUN"
+  trainer run --shards "$OUT" --preset demo --name "$RUN" $TRAIN_ARGS
 fi
 python -c "import json,sys; r=json.load(open(sys.argv[1])); print(f'final mIoU on {sys.argv[2]}/val: {100*r[\"miou\"]:.1f}% (pixel accuracy {100*r[\"pixel_acc\"]:.1f}%), report: runs/{sys.argv[3]}/report.md')" "runs/$RUN/report.json" "$OUT" "$RUN"
