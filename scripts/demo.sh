@@ -17,7 +17,8 @@ blendgen mix --out "$OUT" --delta 0.7:1.0 --seed 0 --workers "$WORKERS"    # res
 blendgen pack --out "$OUT" --split train --workers "$WORKERS"
 blendgen pack --out "$OUT" --split val --workers "$WORKERS"
 blendgen inspect "$OUT/mixed" --index 0 --out "$OUT/sample-0.png" --limit 3
-blendgen stats "$OUT/mixed" --out "$OUT/mixed-stats.png" | head -n 8
+blendgen stats "$OUT/mixed" --out "$OUT/mixed-stats.png" > "$OUT/mixed-stats.txt"
+head -n 8 "$OUT/mixed-stats.txt"
 RUN=${RUN:-demo}
 TRAIN_ARGS=${TRAIN_ARGS:-}   # e.g. TRAIN_ARGS="--iters1 5 --iters2 5" RUN=smoke for a quick smoke run
 if [ -f "runs/$RUN/report.json" ]; then
