@@ -337,6 +337,19 @@ def trainer():
     """
 
 
+def _gamma_option(ctx, param, value):
+    """--gamma N or inf (no maximum)."""
+    if value is None:
+        return None
+    try:
+        gamma = float(value)
+    except ValueError:
+        raise click.BadParameter(f"expected a number or inf, got {value!r}") from None
+    if gamma < 0:
+        raise click.BadParameter(f"expected >= 0, got {value}")
+    return gamma
+
+
 def _train_errors():
     from trainer.train import TrainingDiverged
 
@@ -357,6 +370,22 @@ def _train_errors():
 @click.option("--init", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Local state dict (or trainer checkpoint) loaded into the model before stage 1.")
 @click.option("--no-ssh", is_flag=True, help="No source separation head (the 'w/o SSH' ablation).")
+@click.option("--method", type=click.Choice(["sourcesep-cc", "sourcesep-cm", "deeplabv3", "mixup", "cutmix"]),
+              default=None, help="sourcesep-cc: offline blends (SHARDS/mixed); sourcesep-cm: co-occurrence blending "
+                                 "in each batch of SHARDS/train; deeplabv3, mixup, cutmix: single-head baselines, one "
+                                 "stage of iters1 + iters2 steps.  [default: sourcesep-cc]")
+@click.option("--mixed", type=click.Path(path_type=Path), default=None,
+              help="Stage-1 shard directory of sourcesep-cc (e.g. one `blendgen mix --strategy random --dest` "
+                   "wrote).  [default: SHARDS/mixed]")
+@click.option("--no-denoise", is_flag=True, help="Stop after stage 1 and predict with S_ss (the 'w/o DN' ablation).")
+@click.option("--alpha", type=click.FloatRange(0), default=None,
+              help="Beta(α, α) of the mixing weight: sourcesep-cm's δ, mixup's and cutmix's λ; 0 = no mixing.  "
+                   "[default: 1]")
+@click.option("--gamma", callback=_gamma_option, default=None, metavar="N|inf",
+              help="sourcesep-cm: max unique categories of a blended pair (IJCV Table 11).  [default: 3]")
+@click.option("--gamma-rule", type=click.Choice(["thres", "skip"]), default=None,
+              help="sourcesep-cm above γ: thres = blend with δ = 0.9 (γ-thres), skip = do not blend.  "
+                   "[default: thres]")
 @click.option("--crop", type=click.IntRange(16), default=None, help="Random training crop.  [default: 321]")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Batch per process.  [default: 8]")
 @click.option("--accum", type=click.IntRange(1), default=None,
@@ -385,15 +414,17 @@ def _train_errors():
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Where run directories go.  [default: runs]")
 @click.option("--resume", is_flag=True, help="Continue runs/NAME from its last.pt (same options as the first run).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def run_(shards, preset, no_ssh, resume, quiet, **options):
+def run_(shards, preset, no_ssh, no_denoise, resume, quiet, **options):
     """Stage 1 on SHARDS/mixed, stage 2 on SHARDS/train, evaluation on SHARDS/val.
 
+    That is SourceSep-CC; --method picks another of the papers' methods (docs/methods.md).
     Writes runs/NAME/: config.json, metrics.jsonl, stage1.pt, stage2.pt, last.pt, report.json,
     report.md. Under torchrun every process trains on its share (DDP; only rank 0 writes).
 
     \b
     Example:
       trainer run --shards out/ --preset demo --name demo
+      trainer run --shards out/ --preset demo --method sourcesep-cm --name demo-cm
       torchrun --standalone --nproc_per_node 2 -m trainer run --shards out/ --preset demo
     """
     from trainer.config import PRESETS, TrainConfig
@@ -407,7 +438,8 @@ def run_(shards, preset, no_ssh, resume, quiet, **options):
             settings.pop(f"epochs{stage}", None)
     settings.update(given)
     try:
-        config = TrainConfig(shards=str(shards), ssh=not no_ssh, resume=resume, progress=not quiet, **settings)
+        config = TrainConfig(shards=str(shards), ssh=not no_ssh, denoise=not no_denoise, resume=resume,
+                             progress=not quiet, **settings)
         report = run(config)
     except _train_errors() as exc:
         _fail(exc)
@@ -431,12 +463,37 @@ def run_(shards, preset, no_ssh, resume, quiet, **options):
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Report directory. Default: eval-<checkpoint>-<split>/ beside the checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def eval_(checkpoint, shards, split, eval_crop, batch_size, workers, device, head, out, quiet):
-    """mIoU, per-class IoU and pixel accuracy of a checkpoint on one split (report.json, report.md).
+@click.option("--suite", "suites", multiple=True, default=("overall",), show_default=True,
+              type=click.Choice(["overall", "complex", "context", "adversarial", "blur", "all"]),
+              help="Evaluation suite(s) of the papers, repeatable (docs/evaluation.md); anything beyond "
+                   "overall writes suites.json, suites.md and plots.")
+@click.option("--person", default="person", show_default=True, help="context: Table 5's anchor class.")
+@click.option("--top-k", type=click.IntRange(1), default=5, show_default=True,
+              help="context: classes co-occurring most with --person.")
+@click.option("--thresholds", callback=lambda c, p, v: _number_list(v, int, "--thresholds"), default="50,40,30,20,10",
+              show_default=True, help="context: training co-occurrence thresholds t (Fig. 5); small data needs smaller.")
+@click.option("--attacks", type=click.Choice(["fgsm", "pgd", "none"]), multiple=True, default=("fgsm", "pgd"),
+              show_default=True, help="adversarial: white-box attacks, repeatable.")
+@click.option("--eps", type=click.FloatRange(0, min_open=True), default=8.0, show_default=True,
+              help="adversarial: FGSM / PGD L∞ radius in pixel levels of [0, 255].")
+@click.option("--pgd-steps", type=click.IntRange(1), default=10, show_default=True, help="adversarial: PGD iterations.")
+@click.option("--pgd-step-size", type=click.FloatRange(0, min_open=True), default=None,
+              help="adversarial: PGD step in pixel levels.  [default: 2.5 eps / steps]")
+@click.option("--uap", type=click.Path(exists=True, dir_okay=False), multiple=True,
+              help="adversarial: universal perturbation .npy (H x W x 3, pixel units), repeatable.")
+@click.option("--uap-fit", type=click.Choice(["tile", "resize"]), default="tile", show_default=True,
+              help="adversarial: how a perturbation meets an image of another size.")
+@click.option("--sigmas", callback=lambda c, p, v: _number_list(v, float, "--sigmas"), default="1,2,4,8,12",
+              show_default=True, help="blur: Gaussian σ values in pixels.")
+@click.option("--seed", type=int, default=0, show_default=True, help="adversarial: PGD random starts.")
+def eval_(checkpoint, shards, split, eval_crop, batch_size, workers, device, head, out, quiet, suites, **suite_options):
+    """mIoU, per-class IoU and pixel accuracy of a checkpoint on one split (report.json, report.md);
+    with --suite, the papers' complex-scene, out-of-context, adversarial and blur suites.
 
     \b
     Example:
       trainer eval --checkpoint runs/demo/stage2.pt --shards out/
+      trainer eval --checkpoint runs/demo/stage2.pt --shards out/ --suite all --thresholds 20,10,5,2,1 --pgd-steps 5
     """
     from trainer.evaluate import EvalConfig, evaluate_checkpoint
 
@@ -444,12 +501,102 @@ def eval_(checkpoint, shards, split, eval_crop, batch_size, workers, device, hea
         config = EvalConfig(checkpoint=str(checkpoint), shards=str(shards), split=split, eval_crop=eval_crop,
                             batch_size=batch_size, workers=workers, device=device, head=head,
                             out=None if out is None else str(out), progress=not quiet)
+        if set(suites) != {"overall"}:
+            return _eval_suites(config, suites, suite_options)
         report = evaluate_checkpoint(config)
     except ValueError as exc:
         _fail(exc)
     if "report_dir" in report:
         click.echo(f"{split} mIoU {100 * report['miou']:.2f}  pixel acc {100 * report['pixel_acc']:.2f}  "
                    f"-> {report['report_dir']}/report.md")
+
+
+def _number_list(value: str, kind, name: str) -> tuple:
+    """"50,40,30" -> (50, 40, 30), or a usage error naming the option."""
+    try:
+        return tuple(kind(v) for v in str(value).split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}", param_hint=name) from None
+
+
+def _eval_suites(config, suites, options) -> None:
+    """``trainer eval --suite ...`` beyond overall: trainer.suites does the work."""
+    from trainer.suites import SuiteConfig, evaluate_suites
+
+    attacks = tuple(a for a in options.pop("attacks") if a != "none")
+    report = evaluate_suites(config, SuiteConfig(suites=tuple(suites), attacks=attacks, **options))
+    if "report_dir" in report:
+        click.echo(f"suites {', '.join(report['suites'])} in {report['time_s']} s -> {report['report_dir']}/suites.md")
+
+
+@trainer.command("uap")
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="The surrogate model.")
+@click.option("--shards", type=click.Path(path_type=Path), default=None,
+              help="blendgen output root (mode data attacks the images of SHARDS/train).")
+@click.option("--mode", type=click.Choice(["data", "data-free"]), default="data", show_default=True,
+              help="data: projected sign-gradient ascent of the CE over training images; "
+                   "data-free: GD-UAP, maximise the encoder's activation norms for the perturbation alone.")
+@click.option("--eps", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
+              help="L∞ bound in pixel levels of [0, 255] (UAP / GD-UAP: 10).")
+@click.option("--size", type=click.IntRange(16), default=513, show_default=True,
+              help="Side of the square perturbation (tiled over larger images).")
+@click.option("--iters", type=click.IntRange(1), default=200, show_default=True,
+              help="Optimisation steps (batches of training images in mode data).")
+@click.option("--step-size", type=click.FloatRange(0, min_open=True), default=None,
+              help="Signed step in pixel levels.  [default: eps / 10]")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True, help="mode data: images per step.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Start point and image order.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--workers", type=click.IntRange(0), default=2, show_default=True, help="Loader processes (mode data).")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="The .npy to write (H x W x 3 float32, pixel units, RGB); OUT.json beside it says how it was made.")
+def uap_(checkpoint, shards, mode, eps, size, iters, step_size, batch_size, seed, device, workers, out):
+    """Make a universal adversarial perturbation on a surrogate model, for `trainer eval --uap`.
+
+    \b
+    Example:
+      trainer uap --checkpoint runs/deeplabv3/stage2.pt --shards out/ --mode data-free --eps 10 --out uap-free.npy
+      trainer eval --checkpoint runs/sourcesep-cm/stage2.pt --shards out/ --suite adversarial --uap uap-free.npy
+    """
+    from trainer.attacks import UapConfig, generate_uap
+
+    try:
+        config = UapConfig(checkpoint=str(checkpoint), shards=None if shards is None else str(shards), mode=mode,
+                           eps=eps, size=size, iters=iters, step_size=step_size, batch_size=batch_size, seed=seed,
+                           device=device, workers=workers, out=str(out))
+        path, meta = generate_uap(config)
+    except ValueError as exc:
+        _fail(exc)
+    click.echo(f"wrote {path} ({mode}, L∞ {meta['linf']:.3g}, {size}x{size}) and {path.with_suffix('.json')}")
+
+
+@trainer.command("report")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Directory for the CSV tables, miou.png and (without --page) report.md.")
+@click.option("--page", type=click.Path(path_type=Path), default=None,
+              help="Write the Markdown page here instead of OUT/report.md (links are made relative to it).")
+@click.option("--notes", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Markdown shown under the title, e.g. how the data was made.")
+@click.option("--title", default="Results", show_default=True, help="The page's title.")
+def report_(runs, out, page, notes, title):
+    """Finished runs side by side: the papers' tables (IJCV Tables 1, 8, 9, 11; BMVC Table 5a)
+    as Markdown and CSV, and a bar chart of mIoU. Runs of different datasets, class sets or
+    evaluation crops are refused.
+
+    \b
+    Example:
+      trainer report runs/cc runs/cm runs/deeplabv3 runs/mixup runs/cutmix --out reports/demo
+    """
+    from trainer.report import ReportConfig, make_report
+
+    try:
+        config = ReportConfig(runs=tuple(str(r) for r in runs), out=str(out), page=None if page is None else str(page),
+                              notes=None if notes is None else str(notes), title=title)
+        result = make_report(config)
+    except (ValueError, OSError) as exc:
+        _fail(exc)
+    click.echo(f"{result['runs']} runs, tables {', '.join(result['tables'])} -> {result['page']}, {result['chart']}")
 
 
 @trainer.command("predict")

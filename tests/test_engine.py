@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+import trainer.methods as methods_module
 import trainer.train as train_module
 from cli import trainer as trainer_cli
 from trainer import checkpoint as ckpt_io
@@ -127,7 +128,7 @@ def test_nan_loss_stops_the_run_naming_the_step(shared_shards, tmp_path, monkeyp
             loss, terms = loss * math.nan, {**terms, "loss": math.nan}
         return loss, terms
 
-    monkeypatch.setattr(train_module, "stage1_loss", poisoned)
+    monkeypatch.setattr(methods_module, "stage1_loss", poisoned)  # the stage-1 criterion's loss
     with pytest.raises(TrainingDiverged, match="stage 1 step 3: loss is nan"):
         run(TrainConfig(shards=str(shared_shards), out=str(tmp_path), name="nan", **{**TINY, "iters1": 4}))
     last = ckpt_io.load(tmp_path / "nan" / "last.pt")

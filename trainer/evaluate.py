@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
+import torch.distributed as dist
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from blendgen.classes import ClassSet
@@ -144,9 +145,112 @@ def evaluate_checkpoint(config: EvalConfig) -> dict:
                              stage=ckpt["stage"], head=head, samples=shards.num_samples,
                              eval_crop=config.eval_crop, time_s=round(time.perf_counter() - start, 2))
         if d.is_main:
-            out = Path(config.out) if config.out else Path(config.checkpoint).parent / f"eval-{Path(config.checkpoint).stem}-{config.split}"
+            out = report_dir(config)
             write_report(out, report)
             report["report_dir"] = str(out)
         return report
     finally:
         cleanup()
+
+
+def report_dir(config: EvalConfig) -> Path:
+    """``--out``, or ``eval-<checkpoint stem>-<split>/`` beside the checkpoint."""
+    if config.out:
+        return Path(config.out)
+    return Path(config.checkpoint).parent / f"eval-{Path(config.checkpoint).stem}-{config.split}"
+
+
+# -- evaluation passes with subsets and input perturbations (trainer.suites) ----------------------
+def per_image_confusion(target: Tensor, pred: Tensor, num_classes: int, ignore_index: int) -> Tensor:
+    """(B, H, W) targets and predictions -> (B, K, K) int64 confusion counts, one matrix per
+    image, from a single ``bincount`` (no per-image loop, one device sync for the range check)."""
+    if target.shape != pred.shape:
+        raise ValueError(f"target {tuple(target.shape)} and pred {tuple(pred.shape)} differ")
+    B, K = target.shape[0], num_classes
+    image = torch.arange(B, device=target.device).view(B, *[1] * (target.ndim - 1)).expand_as(target)
+    keep = target != ignore_index
+    t, p, i = target[keep].long(), pred.to(target.device)[keep].long(), image[keep]  # (M,)
+    if t.numel():
+        lo, hi = torch.stack([torch.minimum(t.min(), p.min()), torch.maximum(t.max(), p.max())]).tolist()
+        if lo < 0 or hi >= K:
+            raise ValueError(f"class ids must lie in [0, {K}), got [{lo}, {hi}]")
+    counts = torch.bincount((i * K + t) * K + p, minlength=B * K * K)
+    return counts.view(B, K, K)
+
+
+@dataclass
+class Subsets:
+    """Named subsets of a split's images as a (N images, S subsets) membership table, looked up
+    by sample key (keys are unique within a shard directory)."""
+
+    names: list[str]
+    rows: dict[str, int]  # sample key -> row of ``table``
+    table: Tensor  # (N, S) bool
+
+    @classmethod
+    def from_lists(cls, subsets: dict[str, list[str]], keys: list[str]) -> Subsets:
+        rows = {k: r for r, k in enumerate(keys)}
+        table = torch.zeros(len(keys), len(subsets), dtype=torch.bool)
+        for s, members in enumerate(subsets.values()):
+            unknown = [k for k in members if k not in rows]
+            if unknown:
+                raise ValueError(f"subset {list(subsets)[s]!r}: keys not in the split: {unknown[:5]}")
+            table[[rows[k] for k in members], s] = True
+        return cls(names=list(subsets), rows=rows, table=table)
+
+    def members(self, keys: list[str], device: torch.device) -> Tensor:
+        """(B, S) float64 membership of a batch's images (float: a matmul sums the matrices)."""
+        return self.table[[self.rows[k] for k in keys]].to(device, torch.float64)
+
+
+@dataclass
+class PassResult:
+    """One pass over a split: the confusion matrix of all images and of each subset."""
+
+    total: ConfusionMatrix
+    subsets: dict[str, ConfusionMatrix]
+    images: int
+    seconds: float
+
+
+def _matrix(mat: Tensor, num_classes: int, ignore_index: int) -> ConfusionMatrix:
+    cm = ConfusionMatrix(num_classes, ignore_index)
+    cm.mat = mat.to(torch.int64)
+    return cm
+
+
+def evaluate_pass(predict, loader, num_classes: int, ignore_index: int, d: Dist, perturb=None,
+                  subsets: Subsets | None = None, progress: bool = False, desc: str = "eval") -> PassResult:
+    """Predict every batch of ``loader``, optionally after ``perturb``, and count per-image
+    confusion matrices into the total and into every subset holding the image; summed over ranks.
+
+    ``predict``: pixels (B, 3, H, W), uint8 or float in [0, 255] -> logits (B, K, H, W)
+    (:class:`trainer.attacks.PixelModel`). ``perturb(x uint8, label) -> x'`` runs with gradients
+    enabled (white-box attacks need them); prediction runs without. Without ``perturb`` the
+    uint8 batch goes through :func:`normalize` exactly as in :func:`evaluate`."""
+    K = num_classes
+    total = torch.zeros(K, K, dtype=torch.int64, device=d.device)
+    S = 0 if subsets is None else len(subsets.names)
+    per_subset = torch.zeros(S, K * K, dtype=torch.float64, device=d.device)  # exact below 2^53 pixels
+    images = torch.zeros((), dtype=torch.int64, device=d.device)
+    start = time.perf_counter()
+    for batch in tqdm(loader, desc=desc, disable=not (progress and d.is_main), leave=False):
+        x = batch["image"].to(d.device, non_blocking=True)  # (B, 3, H, W) uint8
+        y = batch["label"].to(d.device, non_blocking=True)  # (B, H, W)
+        if perturb is not None:
+            x = perturb(x, y)
+        with torch.no_grad():
+            pred = predict(x).argmax(1)  # (B, H, W)
+        per_image = per_image_confusion(y, pred, K, ignore_index)  # (B, K, K)
+        total += per_image.sum(0)
+        if S:
+            per_subset += subsets.members(batch["key"], d.device).T @ per_image.view(len(y), -1).double()
+        images += len(y)
+    if dist.is_available() and dist.is_initialized():
+        for t in (total, per_subset, images):
+            dist.all_reduce(t)
+    if d.device.type == "cuda":
+        torch.cuda.synchronize(d.device)
+    named = {} if subsets is None else {
+        name: _matrix(per_subset[s].round().view(K, K), K, ignore_index) for s, name in enumerate(subsets.names)}
+    return PassResult(_matrix(total, K, ignore_index), named, int(images), time.perf_counter() - start)

@@ -1,13 +1,17 @@
 """``trainer run``: stage 1 on blended shards, stage 2 on standard ones, then evaluation.
 
     trainer run --shards out/ --backbone mobilenet_v3_large --crop 128 --iters1 300 --iters2 150
+    trainer run --shards out/ --preset demo --method sourcesep-cm     # or deeplabv3, mixup, cutmix
     torchrun --standalone --nproc_per_node 2 -m trainer run --shards out/ ...
+
+The default method, SourceSep-CC, is described here; the others change the stage-1 data, its
+mixing and loss, and the baselines have a single head and one stage (:mod:`trainer.methods`).
 
 1. Stage 1, source separation (IJCV 3.2): ``out/mixed``, L1 = CE(S_ss, G_a) + δ·CE(S_t, G_a)
    + (1-δ)·CE(S_p, G_b) with each sample's δ; f_enc, F_t, F_p, F_ss trained end to end.
 2. Stage 2, denoising (IJCV 3.3): ``out/train``, from the stage-1 weights, L2 = CE(S_t, G)
    + log Σ ReLU(S_p); F_ss frozen. Fresh optimizer and schedule, lr2.
-3. Evaluation on ``out/val``: mIoU of S_t (S_ss if stage 2 was skipped).
+3. Evaluation on ``out/val``: mIoU of S_t (S_ss if stage 2 was skipped, ``--no-denoise``).
 
 Everything lands in ``runs/NAME/``: config.json, metrics.jsonl, stage1.pt, stage2.pt, last.pt,
 report.json, report.md. ``last.pt`` is rewritten every ``checkpoint_every`` optimizer steps and
@@ -22,7 +26,6 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,11 +44,9 @@ from .data import ShardStream, make_loader
 from .distributed import (Dist, all_ranks_ok, barrier, broadcast_object, cleanup, init_distributed, mean_over_ranks,
                           sync_buffers)
 from .evaluate import eval_head, eval_loader, evaluate, make_report, write_report
-from .losses import stage1_loss, stage2_loss
+from .methods import Criterion, Mixer, batch_generator, batch_mixer, criterion, mixed_generation, stage_dir
 from .model import ModelConfig, build_model, configure_stage
 from .transforms import normalize, train_transform
-
-SPLITS = {1: "mixed", 2: "train"}  # stage -> shard directory under --shards
 
 
 class TrainingDiverged(RuntimeError):
@@ -103,7 +104,7 @@ def run(config: TrainConfig) -> dict:
         model = prepare_model(r)
         resume = load_resume(r, model) if config.resume else None
         for stage in (1, 2):
-            kind, length = config.stage_length(stage)
+            kind, length = config.stage_budget(stage)
             if length == 0 or (resume and finished_before(resume, stage)):
                 continue
             start = resume if resume and resume["position"]["stage"] == stage else None
@@ -118,7 +119,7 @@ def run(config: TrainConfig) -> dict:
 def start_run(config: TrainConfig, d: Dist) -> Run:
     """Resolve the run directory and the classes; write config.json (rank 0)."""
     name = config.name or broadcast_object(time.strftime("%Y%m%d-%H%M%S"), d)
-    config = config.replace(name=name)
+    config = config.replace(name=name, **recorded_fields(config))
     run_dir = Path(config.out) / name
     if config.resume:
         check_resumable(config, run_dir)
@@ -126,7 +127,7 @@ def start_run(config: TrainConfig, d: Dist) -> Run:
         raise ValueError(f"name: {run_dir} already holds a run; pass --resume to continue it or choose another --name")
     classes = shard_classes(config)
     model_config = ModelConfig(num_classes=classes.num_classes, backbone=config.backbone, ssh=config.ssh,
-                               backbone_weights=config.backbone_weights, init=config.init,
+                               two_branch=config.two_branch, backbone_weights=config.backbone_weights, init=config.init,
                                output_stride=config.output_stride)
     amp = config.amp if config.amp != "auto" else ("bf16" if d.device.type == "cuda" else "none")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
@@ -151,15 +152,21 @@ def check_resumable(config: TrainConfig, run_dir: Path) -> None:
         raise ValueError("resume: the run was started with other options: " + ", ".join(changed))
 
 
+def recorded_fields(config: TrainConfig) -> dict:
+    """The config fields a run copies from its data: the stage-1 blends' strategy and δ."""
+    if config.method != "sourcesep-cc" or config.stage_budget(1)[1] == 0:
+        return {"mixed_strategy": None, "mixed_delta": None}
+    return mixed_generation(ShardDir.open(stage_dir(config, 1)))
+
+
 def shard_classes(config: TrainConfig) -> ClassSet:
     """The class set shared by every split the run reads (refusing splits that disagree)."""
-    splits = [SPLITS[s] for s in (1, 2) if config.stage_length(s)[1] > 0] + ["val"]
-    dirs = {split: ShardDir.open(Path(config.shards) / split) for split in splits}
-    classes = {split: d.classes for split, d in dirs.items()}
-    first = classes[splits[0]]
-    for split, c in classes.items():
+    paths = [stage_dir(config, s) for s in (1, 2) if config.stage_budget(s)[1] > 0] + [Path(config.shards) / "val"]
+    classes = {path: ShardDir.open(path).classes for path in dict.fromkeys(paths)}
+    first = classes[paths[0]]
+    for path, c in classes.items():
         if c.names != first.names or c.ignore_index != first.ignore_index:
-            raise ValueError(f"shards: {split}/ has classes {list(c.names)}, {splits[0]}/ has {list(first.names)}")
+            raise ValueError(f"shards: {path}/ has classes {list(c.names)}, {paths[0]}/ has {list(first.names)}")
     return first
 
 
@@ -230,7 +237,8 @@ class Stage:
 
     number: int
     model: nn.Module  # the DDP wrapper when distributed
-    criterion: Callable[[dict, dict, int], tuple[Tensor, dict]]
+    criterion: Criterion
+    mix: Mixer | None  # online mixing of each batch on the device (sourcesep-cm, mixup, cutmix)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
@@ -241,8 +249,9 @@ class Stage:
 def train_stage(r: Run, model: nn.Module, stage: int, start: dict | None) -> None:
     """Optimize one stage to its step budget, checkpointing along the way."""
     c = r.config
-    dataset = train_dataset(r, stage)
-    s = make_stage(r, model, stage, len(dataset), start)
+    shards = ShardDir.open(stage_dir(c, stage))
+    dataset = train_dataset(r, shards)
+    s = make_stage(r, model, stage, len(dataset), start, batch_mixer(c, stage, shards, r.dist.device))
     loader = make_loader(dataset, c.workers, pin_memory=r.dist.device.type == "cuda")
     r.say(f"stage {stage}: {dataset.num_samples} samples in {dataset.path}, {len(dataset)} batches/epoch per "
           f"process, {s.total_steps} optimizer steps")
@@ -260,18 +269,19 @@ def train_stage(r: Run, model: nn.Module, stage: int, start: dict | None) -> Non
     save_checkpoint(r, model, s, stage_done=True)
 
 
-def train_dataset(r: Run, stage: int) -> ShardStream:
+def train_dataset(r: Run, shards: ShardDir) -> ShardStream:
     c = r.config
-    return ShardStream(ShardDir.open(Path(c.shards) / SPLITS[stage]), train_transform(c.crop, c.scale), c.batch_size,
+    return ShardStream(shards, train_transform(c.crop, c.scale), c.batch_size,
                        shuffle=True, drop_last=True, seed=c.seed, rank=r.dist.rank, world_size=r.dist.world_size,
                        shuffle_buffer=c.shuffle_buffer, unit=c.unit)
 
 
-def make_stage(r: Run, model: nn.Module, stage: int, batches_per_epoch: int, start: dict | None) -> Stage:
+def make_stage(r: Run, model: nn.Module, stage: int, batches_per_epoch: int, start: dict | None,
+               mix: Mixer | None) -> Stage:
     """Optimizer (SGD), poly schedule and scaler for a stage, restored from ``start`` if resuming."""
     c = r.config
     configure_stage(model, stage)  # stage 2 freezes F_ss (before DDP sees which parameters train)
-    kind, length = c.stage_length(stage)
+    kind, length = c.stage_budget(stage)
     total = length if kind == "iters" else max(1, length * batches_per_epoch // c.accum)
     params = [p for p in model.parameters() if p.requires_grad]
     lr = c.lr1 if stage == 1 else c.lr2
@@ -289,16 +299,7 @@ def make_stage(r: Run, model: nn.Module, stage: int, batches_per_epoch: int, sta
     if r.dist.distributed:
         device_ids = [r.dist.device.index] if r.dist.device.type == "cuda" else None
         wrapped = DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
-    criterion = stage1_criterion if stage == 1 else stage2_criterion
-    return Stage(stage, wrapped, criterion, optimizer, scheduler, scaler, total, position)
-
-
-def stage1_criterion(out: dict[str, Tensor], batch: dict, ignore_index: int) -> tuple[Tensor, dict]:
-    return stage1_loss(out, batch["label"], batch["phantom"], batch["delta"], ignore_index)
-
-
-def stage2_criterion(out: dict[str, Tensor], batch: dict, ignore_index: int) -> tuple[Tensor, dict]:
-    return stage2_loss(out, batch["label"], ignore_index)
+    return Stage(stage, wrapped, criterion(c.method, stage), mix, optimizer, scheduler, scaler, total, position)
 
 
 def train_one_epoch(r: Run, s: Stage, loader, bar: tqdm) -> None:
@@ -312,6 +313,9 @@ def train_one_epoch(r: Run, s: Stage, loader, bar: tqdm) -> None:
     for batch in loader:
         meter.wait += time.perf_counter() - tick
         x, batch = to_device(batch, d.device)
+        if s.mix is not None:
+            g = batch_generator(c.seed, d.rank, s.number, s.position.epoch, s.position.batch, d.device)
+            x, batch = s.mix(x, batch, g)
         sync = (micro + 1) % c.accum == 0  # DDP all-reduces gradients only on the last micro-batch
         with nullcontext() if sync or not d.distributed else s.model.no_sync():
             with torch.autocast(d.device.type, dtype=r.amp_dtype) if r.amp_dtype else nullcontext():
@@ -419,17 +423,25 @@ def weights_digest(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def dataset_identity(val: ShardDir) -> dict:
+    """What says two runs were evaluated on the same data (``trainer report`` compares it): the
+    source dataset and split behind the val shards, and the digest of their image ids."""
+    generation = val.manifest.get("generation", {})
+    return {"source": val.manifest.get("source", {}), "ids_sha256": generation.get("ids_sha256"),
+            "samples": val.num_samples}
+
+
 def final_evaluation(r: Run, model: nn.Module) -> dict:
     """mIoU on val/ from the trained network; report.json and report.md (rank 0)."""
     c = r.config
-    stage = 2 if c.stage_length(2)[1] > 0 else 1
+    stage = 2 if c.stage_budget(2)[1] > 0 else 1
     head = eval_head(model, stage)
     shards = ShardDir.open(Path(c.shards) / "val")
     loader = eval_loader(shards, c.eval_crop, c.eval_batch_size, c.workers, r.dist)
     start = time.perf_counter()
     cm = evaluate(model, loader, r.classes.num_classes, r.classes.ignore_index, r.dist, head, r.amp_dtype, c.progress)
-    report = make_report(cm, r.classes, split="val", run=str(r.dir), stage=stage, head=head,
-                         samples=shards.num_samples, eval_crop=c.eval_crop,
+    report = make_report(cm, r.classes, split="val", run=str(r.dir), method=c.method, stage=stage, head=head,
+                         dataset=dataset_identity(shards), samples=shards.num_samples, eval_crop=c.eval_crop,
                          eval_time_s=round(time.perf_counter() - start, 2),
                          total_time_s=round(time.perf_counter() - r.started, 2))
     if r.dist.is_main:

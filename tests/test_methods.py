@@ -1,0 +1,276 @@
+"""trainer run --method: each method's config, data, batch mixing and loss, and tiny real runs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from blendgen.shards import ShardDir
+from cli import trainer as trainer_cli
+from trainer.config import METHODS, TrainConfig
+from trainer.losses import per_image_ce
+from trainer.methods import (
+    batch_generator,
+    batch_mixer,
+    criterion,
+    mix_cooccurrence,
+    stage_dir,
+    to_pixels,
+)
+from trainer.mixing import cooccurrence_mix, cutmix, mixup
+from trainer.train import run
+
+from conftest import write_shard_dir
+
+IGNORE = 255
+TINY = dict(backbone="mobilenet_v3_large", crop=32, batch_size=4, iters1=2, iters2=1, workers=0, device="cpu",
+            log_every=1, checkpoint_every=10, progress=False, threads=1)
+
+
+def tiny_batch(seed: int = 0, b: int = 6, h: int = 12, w: int = 10) -> tuple[torch.Tensor, dict]:
+    """uint8 images and a batch dict as the loader gives it: label maps over ids 0..3 with a
+    padded (255) bottom band, no phantom, δ = 1."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (b, 3, h, w), generator=g, dtype=torch.uint8)
+    label = torch.randint(0, 4, (b, h, w), generator=g)
+    label[:, -3:, :] = IGNORE  # crop padding
+    batch = {"label": label, "phantom": torch.full_like(label, IGNORE), "delta": torch.ones(b), "key": list("abcdef")[:b]}
+    return x, batch
+
+
+COOC = torch.tensor([[0, 5, 1], [5, 0, 2], [1, 2, 0]], dtype=torch.float64)  # classes 1, 2, 3
+IDS = torch.tensor([1, 2, 3])
+
+
+# -- config ---------------------------------------------------------------------------------------
+def test_method_options_are_refused_where_the_method_has_no_use_for_them():
+    for bad, field in [(dict(method="resnet"), "method"), (dict(method="deeplabv3", ssh=False), "ssh"),
+                       (dict(method="mixup", denoise=False), "denoise"), (dict(method="sourcesep-cm", mixed="m"), "mixed"),
+                       (dict(method="sourcesep-cc", alpha=1.0), "alpha"), (dict(method="mixup", gamma=3), "gamma"),
+                       (dict(method="sourcesep-cm", gamma_rule="never"), "gamma_rule"),
+                       (dict(method="sourcesep-cm", alpha=-1.0), "alpha"),
+                       (dict(method="cutmix", iters1=10, epochs2=1), "iters1")]:
+        with pytest.raises(ValueError, match=f"^{field}:"):
+            TrainConfig(shards="out", **bad)
+
+
+def test_method_defaults_are_filled_in_and_survive_json():
+    cm = TrainConfig(shards="out", method="sourcesep-cm")
+    assert (cm.alpha, cm.gamma, cm.gamma_rule) == (1.0, 3.0, "thres")
+    assert TrainConfig(shards="out", method="mixup").alpha == 1.0
+    assert TrainConfig(shards="out").alpha is None and TrainConfig(shards="out", method="deeplabv3").gamma is None
+    no_max = TrainConfig(shards="out", method="sourcesep-cm", gamma=math.inf, gamma_rule="skip")
+    saved = json.loads(json.dumps(no_max.to_dict(), allow_nan=False))  # strict JSON: "inf" as a string
+    assert saved["gamma"] == "inf" and TrainConfig.from_dict(saved) == no_max
+
+
+def test_stage_budgets_give_the_baselines_both_stages_in_one():
+    steps = dict(iters1=300, iters2=150)
+    for method in ("deeplabv3", "mixup", "cutmix"):
+        c = TrainConfig(shards="out", method=method, **steps)
+        assert not c.two_branch and c.stage_budget(1) == ("iters", 450) and c.stage_budget(2) == ("iters", 0)
+    for method in ("sourcesep-cc", "sourcesep-cm"):
+        c = TrainConfig(shards="out", method=method, **steps)
+        assert c.two_branch and c.stage_budget(1) == ("iters", 300) and c.stage_budget(2) == ("iters", 150)
+        assert c.replace(denoise=False).stage_budget(2) == ("iters", 0)
+    assert TrainConfig(shards="out", method="cutmix").stage_budget(1) == ("epochs", 60)
+
+
+def test_stage_dirs_follow_the_method(tmp_path):
+    assert stage_dir(TrainConfig(shards="o"), 1).as_posix() == "o/mixed"
+    assert stage_dir(TrainConfig(shards="o", mixed="o/mixed-random"), 1).as_posix() == "o/mixed-random"
+    for method in METHODS:
+        assert stage_dir(TrainConfig(shards="o", method=method), 2).as_posix() == "o/train"
+        if method != "sourcesep-cc":
+            assert stage_dir(TrainConfig(shards="o", method=method), 1).as_posix() == "o/train"
+
+
+# -- batch mixing ---------------------------------------------------------------------------------
+def test_batch_generator_depends_on_the_batch_position_only():
+    def draw(*key):
+        return torch.rand(3, generator=batch_generator(*key, device=torch.device("cpu")))
+
+    assert torch.equal(draw(0, 0, 1, 2, 5), draw(0, 0, 1, 2, 5))
+    for other in [(1, 0, 1, 2, 5), (0, 1, 1, 2, 5), (0, 0, 2, 2, 5), (0, 0, 1, 3, 5), (0, 0, 1, 2, 6)]:
+        assert not torch.equal(draw(0, 0, 1, 2, 5), draw(*other))
+
+
+def test_cooccurrence_batch_is_algorithm2_with_uint8_pixels_and_both_label_maps():
+    x, batch = tiny_batch()
+    mixed, out = mix_cooccurrence(x, batch, torch.Generator().manual_seed(7), cooc=COOC, object_ids=IDS,
+                                  alpha=1.0, gamma=3, rule="thres", ignore_index=IGNORE)
+    ref, dominant, phantom, delta = cooccurrence_mix(x, batch["label"], COOC, IDS, 1.0, 3,
+                                                     torch.Generator().manual_seed(7))
+    assert mixed.dtype == torch.uint8 and torch.equal(mixed, ref.round().clamp(0, 255).to(torch.uint8))
+    assert torch.equal(out["label"], dominant) and torch.equal(out["phantom"], phantom)
+    assert torch.equal(out["delta"], delta) and out["key"] == batch["key"]
+    # The padded band is 255 in both targets: the loss never sees it.
+    assert (out["label"][:, -3:] == IGNORE).all() and (out["phantom"][:, -3:] == IGNORE).all()
+    assert ((out["delta"] >= 0.5) & (out["delta"] <= 1)).all()
+
+
+def test_cooccurrence_skip_rule_leaves_pairs_over_gamma_unblended():
+    x, batch = tiny_batch()
+    label = batch["label"]
+    label[0, :4] = 0
+    label[0, :4, :3] = 1  # sample 0 holds all three classes, so any pair has more than 2
+    kwargs = dict(cooc=COOC, object_ids=IDS, alpha=1.0, gamma=2, ignore_index=IGNORE)
+    mixed, out = mix_cooccurrence(x, batch, torch.Generator().manual_seed(3), rule="skip", **kwargs)
+    assert out["delta"][0] == 1 and torch.equal(mixed[0], x[0]) and (out["phantom"][0] == IGNORE).all()
+    # Every pair here has more than γ = 2 classes; with γ = inf the same draws blend them all.
+    _, blended = mix_cooccurrence(x, batch, torch.Generator().manual_seed(3), rule="skip", **{**kwargs, "gamma": math.inf})
+    assert (blended["delta"] < 1).all()
+    # "thres" blends the over-γ pair with δ = 0.9 instead (γ-thres, IJCV Table 11).
+    _, thres = mix_cooccurrence(x, batch, torch.Generator().manual_seed(3), rule="thres", **kwargs)
+    assert thres["delta"][0] == pytest.approx(0.9)
+
+
+def test_mixup_and_cutmix_batches_and_their_losses(shared_shards):
+    x, batch = tiny_batch()
+    config = TrainConfig(shards=str(shared_shards), method="mixup", alpha=0.4)
+    mix = batch_mixer(config, 1, ShardDir.open(stage_dir(config, 1)), torch.device("cpu"))
+    mixed, out = mix(x, batch, torch.Generator().manual_seed(1))
+    ref, label_a, label_b, lam = mixup(x, batch["label"], 0.4, torch.Generator().manual_seed(1))
+    assert torch.equal(mixed, to_pixels(ref)) and torch.equal(out["phantom"], label_b) and torch.equal(out["delta"], lam)
+    logits = torch.randn(6, 4, 12, 10)
+    loss, terms = criterion("mixup", 1)({"t": logits}, out, IGNORE)
+    expected = (lam * per_image_ce(logits, label_a) + (1 - lam) * per_image_ce(logits, label_b)).mean()
+    assert loss.item() == pytest.approx(expected.item()) and set(terms) == {"ce_t", "ce_p", "loss"}
+
+    config = config.replace(method="cutmix")
+    mix = batch_mixer(config, 1, ShardDir.open(stage_dir(config, 1)), torch.device("cpu"))
+    mixed, out = mix(x, batch, torch.Generator().manual_seed(1))
+    ref_image, ref_label, *_ = cutmix(x, batch["label"], 0.4, torch.Generator().manual_seed(1))
+    assert mixed.dtype == torch.uint8 and torch.equal(mixed, ref_image) and torch.equal(out["label"], ref_label)
+    loss, _ = criterion("cutmix", 1)({"t": logits}, out, IGNORE)
+    assert loss.item() == pytest.approx(per_image_ce(logits, ref_label).mean().item())
+
+
+def test_only_online_methods_mix_and_only_in_stage_1(shared_shards):
+    train = ShardDir.open(shared_shards / "train")
+    cpu = torch.device("cpu")
+    for method in ("sourcesep-cc", "deeplabv3"):
+        assert batch_mixer(TrainConfig(shards="o", method=method), 1, train, cpu) is None
+    for method in ("sourcesep-cm", "mixup", "cutmix"):
+        assert batch_mixer(TrainConfig(shards="o", method=method), 2, train, cpu) is None
+        assert batch_mixer(TrainConfig(shards="o", method=method), 1, train, cpu) is not None
+    assert criterion("sourcesep-cm", 2).__name__ == "stage2_criterion"
+    assert criterion("deeplabv3", 1).__name__ == "ce_criterion"
+
+
+def test_cooccurrence_method_needs_the_matrix(tmp_path):
+    d = write_shard_dir(tmp_path / "train", "standard", [4], seed=0)
+    manifest = json.loads((d / "manifest.json").read_text())
+    manifest["cooccurrence"] = None
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="co-occurrence matrix"):
+        batch_mixer(TrainConfig(shards="o", method="sourcesep-cm"), 1, ShardDir.open(d), torch.device("cpu"))
+
+
+# -- tiny real runs -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def method_runs(tmp_path_factory, shared_shards):
+    """One tiny finished run per method: {method: (run dir, report)}."""
+    out = tmp_path_factory.mktemp("method-runs")
+    return {m: (out / m, run(TrainConfig(shards=str(shared_shards), out=str(out), name=m, method=m, **TINY)))
+            for m in METHODS}
+
+
+def _metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_each_method_trains_its_stages_and_records_itself(method_runs):
+    for method, (run_dir, report) in method_runs.items():
+        config = json.loads((run_dir / "config.json").read_text())
+        assert config["method"] == method and report["method"] == method
+        steps = [(m["stage"], m["step"]) for m in _metrics(run_dir)]
+        weights = torch.load(run_dir / "last.pt", weights_only=True)
+        if method.startswith("sourcesep"):
+            assert steps == [(1, 1), (1, 2), (2, 1)] and report["head"] == "t" and report["stage"] == 2
+            assert weights["model_config"]["two_branch"] and "ssh.0.weight" in weights["model"]
+        else:  # one stage of iters1 + iters2 steps on a single-head DeepLabv3
+            assert steps == [(1, 1), (1, 2), (1, 3)] and report["head"] == "t" and report["stage"] == 1
+            assert not weights["model_config"]["two_branch"]
+            assert not any(k.startswith(("phantom_classifier", "ssh")) for k in weights["model"])
+            assert not (run_dir / "stage2.pt").exists()
+        assert report["dataset"]["samples"] == 8 and 0 <= report["miou"] <= 1
+
+
+def test_methods_log_their_losses_terms(method_runs):
+    first = {m: _metrics(d)[0] for m, (d, _) in method_runs.items()}
+    assert {"ce_ss", "ce_t", "ce_p"} <= first["sourcesep-cm"].keys()
+    assert {"ce_t", "ce_p"} <= first["mixup"].keys()
+    assert "ce_p" not in first["deeplabv3"] and "ce_p" not in first["cutmix"]
+    config = json.loads((method_runs["sourcesep-cm"][0] / "config.json").read_text())
+    assert (config["alpha"], config["gamma"], config["gamma_rule"]) == (1.0, 3.0, "thres")
+
+
+def test_no_denoise_stops_after_stage_1_and_predicts_with_s_ss(shared_shards, tmp_path):
+    report = run(TrainConfig(shards=str(shared_shards), out=str(tmp_path), name="no-dn", denoise=False, **TINY))
+    assert report["stage"] == 1 and report["head"] == "ss"
+    assert [m["stage"] for m in _metrics(tmp_path / "no-dn")] == [1, 1]
+    assert json.loads((tmp_path / "no-dn" / "config.json").read_text())["denoise"] is False
+
+
+def test_mixed_option_trains_on_another_shard_dir_and_records_its_strategy(shared_shards, tmp_path):
+    mixed = write_shard_dir(tmp_path / "mixed-random", "mixed", [8], seed=5)
+    manifest = json.loads((mixed / "manifest.json").read_text())
+    manifest["generation"] = {"command": "mix", "strategy": "random", "delta": "0.6"}
+    (mixed / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(trainer_cli, [
+        "run", "--shards", str(shared_shards), "--mixed", str(mixed), "--out", str(tmp_path), "--name", "random",
+        "--backbone", "mobilenet_v3_large", "--crop", "32", "--batch-size", "4", "--iters1", "1", "--no-denoise",
+        "--workers", "0", "--device", "cpu", "--threads", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "random" / "config.json").read_text())
+    assert (config["mixed"], config["mixed_strategy"], config["mixed_delta"]) == (str(mixed), "random", "0.6")
+    assert f"in {mixed}" in result.output  # stage 1 read it
+
+
+def test_cli_refuses_an_option_the_method_does_not_use(shared_shards, tmp_path):
+    result = CliRunner().invoke(trainer_cli, ["run", "--shards", str(shared_shards), "--method", "mixup",
+                                              "--gamma", "3", "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code != 0 and "gamma: only sourcesep-cm pairs by co-occurrence, not mixup" in result.output
+    result = CliRunner().invoke(trainer_cli, ["run", "--shards", str(shared_shards), "--method", "sourcesep-cm",
+                                              "--gamma", "many", "--quiet"])
+    assert result.exit_code != 0 and "expected a number or inf" in result.output
+
+
+def test_online_mixing_resumes_to_the_same_weights(shared_shards, tmp_path):
+    """A resumed run redoes the batches after its checkpoint with the same mixing draws."""
+    base = dict(TINY, method="sourcesep-cm", iters1=3, iters2=0, checkpoint_every=1)
+    run(TrainConfig(shards=str(shared_shards), out=str(tmp_path), name="whole", **base))
+    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)["model"]
+    cut = TrainConfig(shards=str(shared_shards), out=str(tmp_path), name="cut", **base)
+    _train_to_step(cut, 2)  # killed right after the step-2 checkpoint
+    run(cut.replace(resume=True))
+    resumed = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def _train_to_step(config: TrainConfig, step: int) -> None:
+    """Run ``config`` but stop right after the checkpoint of optimizer step ``step``."""
+    import trainer.train as train_module
+
+    save = train_module.save_checkpoint
+
+    class Stop(Exception):
+        pass
+
+    def save_then_stop(r, model, s, stage_done):
+        save(r, model, s, stage_done)
+        if s.position.step == step:
+            raise Stop
+
+    train_module.save_checkpoint = save_then_stop
+    try:
+        with pytest.raises(Stop):
+            run(config)
+    finally:
+        train_module.save_checkpoint = save

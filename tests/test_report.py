@@ -1,0 +1,166 @@
+"""trainer report: the papers' tables from run directories (fake ones written here, and a real tiny run)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shlex
+
+import pytest
+from click.testing import CliRunner
+
+import trainer.report as report_module
+from cli import trainer as trainer_cli
+from trainer.config import TrainConfig
+from trainer.report import ReportConfig, Table, load_run, make_report, run_command, table_builder
+from trainer.train import run
+
+CLASSES = ["background", "disc", "bar", "box"]
+DATASET = {"source": {"kind": "voc", "root": "/data/demo", "split": "val"}, "ids_sha256": "abc", "samples": 8}
+
+
+def fake_run(root, name, miou, stage=2, dataset=DATASET, classes=CLASSES, eval_crop=None, **config):
+    """A finished run directory as trainer run leaves it (config.json, report.json)."""
+    d = root / name
+    d.mkdir(parents=True)
+    c = TrainConfig(shards="/data/out", name=name, **config)
+    (d / "config.json").write_text(json.dumps(c.to_dict()))
+    head = "t" if stage == 2 or not c.two_branch else ("ss" if c.ssh else "t")
+    report = {"split": "val", "run": str(d), "method": c.method, "stage": stage, "head": head, "dataset": dataset,
+              "eval_crop": eval_crop, "miou": miou, "pixel_acc": 0.9, "mean_acc": 0.5, "total_time_s": 300.0,
+              "per_class_iou": {k: miou for k in classes}}
+    (d / "report.json").write_text(json.dumps(report))
+    return d
+
+
+@pytest.fixture
+def five(tmp_path):
+    """One run of each method, the demo preset's budget."""
+    steps = dict(iters1=300, iters2=150)
+    return [fake_run(tmp_path, "cutmix", 0.06, stage=1, method="cutmix", **steps),
+            fake_run(tmp_path, "cc", 0.08, method="sourcesep-cc", mixed_strategy="clustered", mixed_delta="0.7:1", **steps),
+            fake_run(tmp_path, "deeplabv3", 0.05, stage=1, method="deeplabv3", **steps),
+            fake_run(tmp_path, "cm", 0.09, method="sourcesep-cm", **steps),
+            fake_run(tmp_path, "mixup", 0.04, stage=1, method="mixup", **steps)]
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.reader(f))
+
+
+def test_overall_table_orders_the_methods_as_the_paper(five, tmp_path):
+    result = make_report(ReportConfig(runs=tuple(map(str, five)), out=str(tmp_path / "rep")))
+    assert result["tables"] == ["overall", "per_class"]  # no ablation varies: no ablation table
+    rows = _rows(tmp_path / "rep" / "overall.csv")
+    assert rows[0] == ["method", "variant", "backbone", "mIoU", "pixel acc", "mean class acc", "run"]
+    assert [r[0] for r in rows[1:]] == ["DeepLabv3", "DeepLabv3 + Mixup", "DeepLabv3 + CutMix",
+                                        "DeepLabv3 + SourceSep-CC", "DeepLabv3 + SourceSep-CM"]
+    assert [r[3] for r in rows[1:]] == ["5.0000", "4.0000", "6.0000", "8.0000", "9.0000"]
+    page = (tmp_path / "rep" / "report.md").read_text()
+    assert "| DeepLabv3 + SourceSep-CM | - | resnet50 | 9.00 |" in page
+    assert "![mIoU by run](miou.png)" in page and (tmp_path / "rep" / "miou.png").stat().st_size > 1000
+    assert "| deeplabv3 | DeepLabv3 | 450 (one stage) |" in page and "| cm | DeepLabv3 + SourceSep-CM | 300 + 150 |" in page
+    assert "trainer run --shards /data/out --method sourcesep-cm --name cm --iters1 300 --iters2 150" in page
+
+
+def test_ablation_tables_appear_with_their_runs(five, tmp_path):
+    steps = dict(iters1=300, iters2=150)
+    ablations = [
+        fake_run(tmp_path, "cc-no-dn", 0.07, stage=1, method="sourcesep-cc", denoise=False, mixed_strategy="clustered",
+                 mixed_delta="0.7:1", **steps),
+        fake_run(tmp_path, "cc-random", 0.075, method="sourcesep-cc", mixed_strategy="random", mixed_delta="0.7:1",
+                 **steps),
+        fake_run(tmp_path, "cm-max2", 0.085, method="sourcesep-cm", gamma=2, gamma_rule="skip", **steps),
+        fake_run(tmp_path, "cm-inf", 0.087, method="sourcesep-cm", gamma=math.inf, **steps),
+    ]
+    out = tmp_path / "rep"
+    result = make_report(ReportConfig(runs=tuple(map(str, five + ablations)), out=str(out),
+                                      page=str(tmp_path / "docs" / "results.md")))
+    assert result["tables"] == ["overall", "denoising", "pairing", "gamma", "per_class"]  # SSH never varied
+    dn = _rows(out / "denoising.csv")
+    assert dn[1][0] == "DeepLabv3"  # the baseline row, as in the paper
+    assert ["DeepLabv3 + SourceSep-CC (w/o DN)", "-", "7.0000", "cc-no-dn"] in dn
+    assert ["DeepLabv3 + SourceSep-CC (w/ DN)", "R_fb", "7.5000", "cc-random"] in dn
+    pairing = _rows(out / "pairing.csv")
+    assert {(r[1], r[5]) for r in pairing[2:]} == {("C_fb", "cc"), ("C_fb", "cc-no-dn"), ("R_fb", "cc-random")}
+    gamma = _rows(out / "gamma.csv")
+    assert [r[0] for r in gamma[1:]] == ["DeepLabv3", "DeepLabv3 + SourceSep-CM (max = 2)",
+                                         "DeepLabv3 + SourceSep-CM (max = 3 + γ-thres)",
+                                         "DeepLabv3 + SourceSep-CM (max = ∞ + γ-thres)"]
+    page = (tmp_path / "docs" / "results.md").read_text()
+    assert "![mIoU by run](../rep/miou.png)" in page  # relative to the page
+    assert "--gamma inf" in page and "--no-denoise" in page
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(dataset={**DATASET, "ids_sha256": "other"}), "was evaluated on other data than"),
+    (dict(classes=["background", "cat", "dog", "box"]), "has classes"),
+    (dict(eval_crop=513), "was evaluated with eval_crop 513"),
+])
+def test_runs_of_other_data_classes_or_protocol_are_refused(tmp_path, change, message):
+    a = fake_run(tmp_path, "a", 0.1, method="deeplabv3", iters1=1, iters2=1)
+    b = fake_run(tmp_path, "b", 0.1, method="mixup", iters1=1, iters2=1, **change)
+    result = CliRunner().invoke(trainer_cli, ["report", str(a), str(b), "--out", str(tmp_path / "rep")])
+    assert result.exit_code != 0 and message in result.output
+    assert len(result.output.strip().splitlines()) == 1  # one line, no traceback
+
+
+def test_unfinished_run_is_refused(tmp_path):
+    d = fake_run(tmp_path, "a", 0.1)
+    (d / "report.json").unlink()
+    with pytest.raises(ValueError, match="no report.json; not a finished run"):
+        load_run(d)
+
+
+def test_plugged_in_builder_runs_only_when_a_run_has_its_section(five, tmp_path, monkeypatch):
+    monkeypatch.setattr(report_module, "_BUILDERS", list(report_module._BUILDERS))
+    calls = []
+
+    @table_builder("suites.blur")
+    def blur_tables(runs):
+        calls.append([r.name for r in runs])
+        rows = [[r.name, 100 * r.section("suites.blur")["miou"]] for r in runs if r.section("suites.blur")]
+        return [Table("blur", "Blur", ["run", "mIoU"], rows)]
+
+    make_report(ReportConfig(runs=tuple(map(str, five)), out=str(tmp_path / "none")))
+    assert calls == [] and not (tmp_path / "none" / "blur.csv").exists()
+    # An evaluation written into the run directory (trainer eval --out runs/NAME/...) carries the section.
+    (five[3] / "eval-stage2-val").mkdir()
+    (five[3] / "eval-stage2-val" / "suites.json").write_text(json.dumps({"suites": {"blur": {"miou": 0.02}}}))
+    result = make_report(ReportConfig(runs=tuple(map(str, five)), out=str(tmp_path / "rep")))
+    assert "blur" in result["tables"] and _rows(tmp_path / "rep" / "blur.csv") == [["run", "mIoU"], ["cm", "2.0000"]]
+    assert "## Blur" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_run_command_rebuilds_the_same_config(tmp_path, monkeypatch):
+    import trainer.train
+
+    seen = []
+    monkeypatch.setattr(trainer.train, "run", lambda config: seen.append(config) or {})
+    from trainer.config import PRESETS
+
+    configs = [TrainConfig(shards="/o", name="x", method="sourcesep-cm", gamma=math.inf, gamma_rule="skip",
+                           alpha=0.4, progress=False, **PRESETS["demo"]),
+               TrainConfig(shards="/o", name="y", method="sourcesep-cc", mixed="/o/mixed-r", ssh=False, denoise=False,
+                           iters1=5, iters2=0, lr1=0.02, threads=1)]
+    for config in configs:
+        args = shlex.split(run_command(config))
+        assert args[:2] == ["trainer", "run"]
+        result = CliRunner().invoke(trainer_cli, args[1:])
+        assert result.exit_code == 0, result.output
+        assert seen.pop() == config
+
+
+def test_report_of_a_real_tiny_run_with_fake_companions(shared_shards, tmp_path):
+    tiny = dict(backbone="mobilenet_v3_large", crop=32, batch_size=4, iters1=1, iters2=1, workers=0, device="cpu",
+                progress=False, threads=1)
+    run(TrainConfig(shards=str(shared_shards), out=str(tmp_path), name="real", method="deeplabv3", **tiny))
+    real = json.loads((tmp_path / "real" / "report.json").read_text())
+    cm = fake_run(tmp_path, "cm", 0.2, method="sourcesep-cm", dataset=real["dataset"], iters1=1, iters2=1)
+    result = CliRunner().invoke(trainer_cli, ["report", str(tmp_path / "real"), str(cm), "--out", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    rows = _rows(tmp_path / "rep" / "overall.csv")
+    assert [r[-1] for r in rows[1:]] == ["real", "cm"]
+    assert float(rows[1][3]) == pytest.approx(100 * real["miou"], abs=1e-4)

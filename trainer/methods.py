@@ -1,0 +1,149 @@
+"""The methods of the papers' comparison: what each trains on, how it mixes a batch, what it minimises.
+
+    trainer run --shards out/ --method sourcesep-cm --alpha 1 --gamma 3
+    trainer run --shards out/ --method mixup
+
+| method | network | stage 1 data, mixing, loss | stage 2 |
+| --- | --- | --- | --- |
+| ``sourcesep-cc`` | two-branch | ``out/mixed`` (offline C_fb, BMVC 3.1), L1 | denoising on ``out/train``, L2 |
+| ``sourcesep-cm`` | two-branch | ``out/train`` blended in the batch by co-occurrence (IJCV Alg. 2), L1 | as above |
+| ``deeplabv3`` | single head | ``out/train``, CE | none |
+| ``mixup`` | single head | ``out/train``, Mixup (Zhang et al. 2018), λ·CE(y_a) + (1-λ)·CE(y_b) | none |
+| ``cutmix`` | single head | ``out/train``, CutMix (Yun et al. 2019), CE on the pasted label map | none |
+
+L1 and L2 are IJCV Eqs. 4-5 (:mod:`trainer.losses`). How long each stage is: ``TrainConfig.stage_budget``.
+
+Online mixing runs on the device after the batch is there (:func:`batch_mixer`): every crop of a
+batch has the same size, so whole images can be blended, and padded label pixels stay 255 in both
+label maps. Each batch's draws come from a generator seeded by ``(seed, rank, stage, epoch,
+batch)`` (:func:`batch_generator`), so a resumed run mixes the batches it redoes exactly as the
+interrupted one did, whatever the global RNG holds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from blendgen.shards import ShardDir
+
+from .config import TrainConfig
+from .losses import ce_loss, mixup_loss, stage1_loss, stage2_loss
+from .mixing import class_presence, cooccurrence_mix, cutmix, mixup
+
+# (model outputs, batch, ignore index) -> (loss, logged terms)
+Criterion = Callable[[dict, dict, int], tuple[Tensor, dict]]
+# (images (B, 3, H, W) uint8, batch, generator) -> (mixed images uint8, batch with its targets)
+Mixer = Callable[[Tensor, dict, torch.Generator], tuple[Tensor, dict]]
+
+
+# -- data -----------------------------------------------------------------------------------------
+def stage_dir(config: TrainConfig, stage: int) -> Path:
+    """The shard directory a stage trains on: SourceSep-CC's stage 1 reads the offline blends
+    (``--mixed``, default SHARDS/mixed); everything else reads the standard images SHARDS/train."""
+    if stage == 1 and config.method == "sourcesep-cc":
+        return Path(config.mixed) if config.mixed is not None else Path(config.shards) / "mixed"
+    return Path(config.shards) / "train"
+
+
+def mixed_generation(shards: ShardDir) -> dict[str, str | None]:
+    """What a run records of its offline blends: ``blendgen mix``'s strategy and δ spec."""
+    generation = shards.manifest.get("generation", {})
+    return {"mixed_strategy": generation.get("strategy"), "mixed_delta": generation.get("delta")}
+
+
+# -- losses ---------------------------------------------------------------------------------------
+def stage1_criterion(out: dict[str, Tensor], batch: dict, ignore_index: int) -> tuple[Tensor, dict]:
+    """IJCV Eq. 4 on blended samples, each with its own δ."""
+    return stage1_loss(out, batch["label"], batch["phantom"], batch["delta"], ignore_index)
+
+
+def stage2_criterion(out: dict[str, Tensor], batch: dict, ignore_index: int) -> tuple[Tensor, dict]:
+    """IJCV Eq. 5, the denoising stage on standard images."""
+    return stage2_loss(out, batch["label"], ignore_index)
+
+
+def ce_criterion(out: dict[str, Tensor], batch: dict, ignore_index: int) -> tuple[Tensor, dict]:
+    """Plain CE: DeepLabv3, and CutMix once its label maps are pasted."""
+    return ce_loss(out, batch["label"], ignore_index)
+
+
+def mixup_criterion(out: dict[str, Tensor], batch: dict, ignore_index: int) -> tuple[Tensor, dict]:
+    """Mixup's λ·CE(y_a) + (1-λ)·CE(y_b); :func:`mix_mixup` put y_b in "phantom" and λ in "delta"."""
+    return mixup_loss(out, batch["label"], batch["phantom"], batch["delta"], ignore_index)
+
+
+def criterion(method: str, stage: int) -> Criterion:
+    if method in ("sourcesep-cc", "sourcesep-cm"):
+        return stage1_criterion if stage == 1 else stage2_criterion
+    return mixup_criterion if method == "mixup" else ce_criterion
+
+
+# -- mixing inside a batch ------------------------------------------------------------------------
+def batch_generator(seed: int, rank: int, stage: int, epoch: int, batch: int, device: torch.device) -> torch.Generator:
+    """The generator of one batch's mixing draws, on the batch's device (STYLE 7)."""
+    state = np.random.SeedSequence([seed, rank, stage, epoch, batch]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator(device=device).manual_seed(int(state))
+
+
+def to_pixels(image: Tensor) -> Tensor:
+    """Blended float pixels back to uint8, rounded (ours): what ``normalize`` takes, and what
+    SourceSep-CC's offline blends are too (``blendgen.blend`` rounds before encoding)."""
+    return image.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def mix_cooccurrence(x: Tensor, batch: dict, g: torch.Generator, *, cooc: Tensor, object_ids: Tensor,
+                     alpha: float, gamma: float, rule: str, ignore_index: int) -> tuple[Tensor, dict]:
+    """SourceSep-CM: every sample becomes the dominant of a blend with its most co-occurring batch
+    mate (IJCV Algorithm 2); targets G_k and G_m*, and each pair's δ, for the stage-1 loss.
+
+    ``rule`` "thres" is Algorithm 2 (δ = 0.9 for a pair over γ, "γ-thres"); "skip" is Table 11's
+    "max = γ" rows, which "do not blend images if the maximum threshold is exceeded" (IJCV 5.3):
+    such a sample stays standard (δ = 1, no phantom target), as in a mixed shard."""
+    label = batch["label"]  # (B, H, W)
+    if rule == "thres":
+        mixed, dominant, phantom, delta = cooccurrence_mix(x, label, cooc, object_ids, alpha, gamma, g, ignore_index)
+    else:
+        mixed, dominant, phantom, delta = cooccurrence_mix(x, label, cooc, object_ids, alpha, math.inf, g, ignore_index)
+        categories = (class_presence(dominant, object_ids, ignore_index).sum(1)
+                      + class_presence(phantom, object_ids, ignore_index).sum(1))  # (B,) |U_k| + |U_m*|
+        over = categories > gamma  # (B,)
+        mixed = torch.where(over.view(-1, 1, 1, 1), x.to(mixed.dtype), mixed)  # (B, 3, H, W)
+        phantom = phantom.masked_fill(over.view(-1, 1, 1), ignore_index)  # (B, H, W)
+        delta = torch.where(over, 1.0, delta)  # (B,)
+    return to_pixels(mixed), {**batch, "label": dominant, "phantom": phantom, "delta": delta}
+
+
+def mix_mixup(x: Tensor, batch: dict, g: torch.Generator, *, alpha: float) -> tuple[Tensor, dict]:
+    """Mixup: λ·x_a + (1-λ)·x_b over a random permutation; y_b and λ ride in "phantom" and "delta"."""
+    mixed, label_a, label_b, lam = mixup(x, batch["label"], alpha, g)
+    return to_pixels(mixed), {**batch, "label": label_a, "phantom": label_b, "delta": lam}
+
+
+def mix_cutmix(x: Tensor, batch: dict, g: torch.Generator, *, alpha: float) -> tuple[Tensor, dict]:
+    """CutMix: a box of the partner's image and the same box of its label map (hard labels)."""
+    mixed, mixed_label, _, _, _ = cutmix(x, batch["label"], alpha, g)
+    return mixed, {**batch, "label": mixed_label}
+
+
+def batch_mixer(config: TrainConfig, stage: int, shards: ShardDir, device: torch.device) -> Mixer | None:
+    """The online mixing of a stage, or None (offline blends, standard images, denoising)."""
+    if stage != 1 or config.method in ("sourcesep-cc", "deeplabv3"):
+        return None
+    if config.method == "mixup":
+        return partial(mix_mixup, alpha=config.alpha)
+    if config.method == "cutmix":
+        return partial(mix_cutmix, alpha=config.alpha)
+    cooc = shards.cooccurrence  # IJCV Algorithm 1, computed by build-clusters, carried by every manifest
+    if cooc is None:
+        raise ValueError(f"method: sourcesep-cm needs a co-occurrence matrix; {shards.path}/manifest.json has none")
+    ids = shards.manifest["object_ids"]
+    return partial(mix_cooccurrence, cooc=torch.as_tensor(cooc, dtype=torch.float64, device=device),
+                   object_ids=torch.as_tensor(ids, dtype=torch.long, device=device), alpha=config.alpha,
+                   gamma=config.gamma, rule=config.gamma_rule, ignore_index=shards.classes.ignore_index)
