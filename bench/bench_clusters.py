@@ -53,30 +53,41 @@ def make_dataset(root: Path, n: int, seed: int = 0) -> list[str]:
     return ids
 
 
+def _label_paths(root: Path, ids: list[str]) -> list[Path]:
+    return [root / "SegmentationClass" / f"{image_id}.png" for image_id in ids]
+
+
+def _time_per_label(root: Path, ids: list[str], work) -> float:
+    paths = _label_paths(root, ids)
+    t = time.perf_counter()
+    for path in paths:
+        work(path)
+    return time.perf_counter() - t
+
+
+def _decode(path: Path) -> None:
+    with Image.open(path) as im:
+        im.load()
+
+
+def _decode_and_count(path: Path) -> None:
+    with Image.open(path) as im:
+        im.histogram()
+
+
 def time_floor(root: Path, ids: list[str]) -> float:
     """Decode every label PNG (Pillow, the decoder build-clusters uses), nothing else."""
-    t = time.perf_counter()
-    for image_id in ids:
-        with Image.open(root / "SegmentationClass" / f"{image_id}.png") as im:
-            im.load()
-    return time.perf_counter() - t
+    return _time_per_label(root, ids, _decode)
 
 
 def time_floor_histogram(root: Path, ids: list[str]) -> float:
     """Decode and count the label values: the least any class-set computation must do."""
-    t = time.perf_counter()
-    for image_id in ids:
-        with Image.open(root / "SegmentationClass" / f"{image_id}.png") as im:
-            im.histogram()
-    return time.perf_counter() - t
+    return _time_per_label(root, ids, _decode_and_count)
 
 
 def time_floor_array(root: Path, ids: list[str]) -> float:
     """Decode every label PNG into a numpy array, as any per-pixel consumer must."""
-    t = time.perf_counter()
-    for image_id in ids:
-        read_label_png(root / "SegmentationClass" / f"{image_id}.png")
-    return time.perf_counter() - t
+    return _time_per_label(root, ids, read_label_png)
 
 
 def time_scan(root: Path, workers: int, check_images: bool = True) -> float:
