@@ -41,6 +41,9 @@ def blendgen():
     Example:
       blendgen synth --out data/demo-voc
       blendgen build-clusters --dataset voc --root data/demo-voc --split train --out out/
+      blendgen mix --out out/ --delta 0.7:1.0 --workers 2
+      blendgen pack --out out/ --split val
+      blendgen inspect out/mixed --index 0 --out sample.png
     """
 
 
@@ -332,8 +335,11 @@ def trainer():
     """Source-separation training on blendgen shards (stage 1, denoising stage 2, evaluation).
 
     \b
+    Pipeline:  run (stage 1, stage 2, eval) -> eval --suite ... -> report; predict, uap
     Example:
-      trainer run --shards out/ --backbone mobilenet_v3_large --crop 128
+      trainer run --shards out/ --preset demo --name demo
+      trainer eval --checkpoint runs/demo/stage2.pt --shards out/ --suite all
+      trainer report runs/demo runs/deeplabv3 --out reports/
     """
 
 
