@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .classes import ClassSet
-from .io import atomic_path, write_json
+from .io import atomic_path, save_figure, write_json
 from .readers import DatasetError, Reader, check_label_values, open_reader, read_label_histogram
 
 FORMAT_VERSION = 1
@@ -210,9 +210,7 @@ def write_heatmap(index: ClusterIndex, path: Path) -> None:
     ax.set_title(f"class co-occurrence, {len(index.ids)} images ({index.source.get('split', '')})")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="log(1 + images with both)")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # -- the command ----------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .classes import ClassSet
-from .io import atomic_path
+from .io import save_figure
 from .shards import SCHEMA, Sample, ShardDir, ShardError, ShardHeader, ShardReader, verify_shard
 
 # manifest keys that the summary prints itself; everything else (what a writer adds through
@@ -433,11 +433,7 @@ def render_sample(sample: Sample, header: ShardHeader, out: str | Path) -> None:
                      ncol=1 if len(entries) <= 12 else 2, handlelength=2.0, handleheight=1.4)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 # -- stats ------------------------------------------------------------------------------------
@@ -648,8 +644,4 @@ def write_stats_png(s: dict, out: str | Path) -> None:
     fig.suptitle(f"{s['path']}: {s['kind']}, {s['samples']} samples"
                  + (f", strategy {strategy}" if strategy else ""), fontsize=10)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp)
-    plt.close(fig)
+    save_figure(fig, out)

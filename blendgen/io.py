@@ -30,3 +30,14 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
 def write_json(path: str | Path, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_figure(fig, path: str | Path, **savefig_kwargs) -> None:
+    """Write a matplotlib figure atomically (creating the folder) and free it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, **savefig_kwargs)
+    plt.close(fig)

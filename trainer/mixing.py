@@ -8,7 +8,7 @@ Mixup / CutMix baselines.
     loss, terms = stage1_loss(model(mixed), dominant, phantom, delta)          # trainer.losses
 
     mixed, label_a, label_b, lam = mixup(image, label, 1.0, g)
-    loss = mixup_loss(logits, label_a, label_b, lam)
+    loss, terms = mixup_loss(model(mixed), label_a, label_b, lam)             # trainer.losses
     mixed, mixed_label, box, lam, partner = cutmix(image, label, 1.0, g)       # plain CE after
 
 A batch is ``image`` (B, 3, H, W), float or uint8, and ``label`` (B, H, W) int64 with
@@ -50,7 +50,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .losses import per_image_ce
 
 LABEL_VALUES = 256  # label maps are uint8 ids 0..255 (blendgen.classes), stored here as int64
 GAMMA_DELTA = 0.9  # δ for a pair over the category threshold γ (IJCV Table 11, "γ-thres")
@@ -209,26 +208,12 @@ def mixup(
 
     λ ~ Beta(α, α) once per batch as in the paper (α = 0: λ = 1, no mixing), not folded to
     >= 1/2. Returns ``(mixed_image, label_a, label_b, lam)``, ``lam`` (B,) float32 (all equal),
-    for :func:`mixup_loss`."""
+    for ``trainer.losses.mixup_loss``."""
     _check_batch(image, label)
     b = image.shape[0]
     lam = _mixing_weight(alpha, generator, image.device).to(torch.float32).repeat(b)  # (B,)
     partner = _randperm(b, generator, image.device)  # (B,)
     return blend(image, partner, lam), label, label[partner], lam
-
-
-def mixup_loss(
-    logits: Tensor, label_a: Tensor, label_b: Tensor, lam: Tensor, ignore_index: int = 255
-) -> Tensor:
-    """λ·CE(logits, y_a) + (1-λ)·CE(logits, y_b) per sample, averaged over the batch.
-
-    ``logits`` (B, K, H, W) at label size. Each CE is the mean over that image's labelled
-    pixels (0 for an all-ignore map), as ``trainer.losses.per_image_ce``; this equals
-    ``trainer.losses.mixup_loss`` with ``out["t"] = logits``."""
-    lam = lam.to(device=logits.device, dtype=torch.float32)  # (B,)
-    ce_a = per_image_ce(logits, label_a, ignore_index)  # (B,)
-    ce_b = per_image_ce(logits, label_b, ignore_index)  # (B,)
-    return (lam * ce_a + (1 - lam) * ce_b).mean()
 
 
 # -- CutMix (Yun et al., ICCV 2019) ----------------------------------------------------------
