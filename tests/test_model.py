@@ -218,3 +218,28 @@ def test_init_from_torchvision_deeplabv3_fills_encoder_and_dominant_branch(tmp_p
     for k, v in ref.backbone.state_dict().items():
         assert torch.equal(model.backbone.state_dict()[k], v), k
     assert torch.equal(model.classifier[1].weight, ref.classifier[1].weight)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet34"])
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_basic_block_resnets_are_dilated_to_the_output_stride(backbone, output_stride):
+    model = build_model(ModelConfig(num_classes=K, backbone=backbone, output_stride=output_stride))
+    features = model.backbone(_image(h=64, w=96))["out"]
+    assert features.shape == (B, 512, 64 // output_stride, 96 // output_stride)
+    assert model(_image())["t"].shape == (B, K, H, W)
+    # the torchvision-style rule: a dilated layer's first conv keeps the previous dilation
+    layer4 = model.backbone.layer4
+    assert layer4[0].conv1.dilation == ((1, 1) if output_stride == 16 else (2, 2))
+    assert layer4[-1].conv2.dilation == ((2, 2) if output_stride == 16 else (4, 4))
+    assert model.backbone.layer3[-1].conv2.dilation == ((1, 1) if output_stride == 16 else (2, 2))
+
+
+def test_dilated_resnet18_takes_torchvisions_state_dict_unchanged(tmp_path):
+    # dilation changes no weight shape: an ImageNet resnet18 state dict (written here) loads strictly
+    plain = torchvision.models.resnet18(weights=None)
+    model = build_model(ModelConfig(num_classes=K, backbone="resnet18", output_stride=8))
+    trunk_keys = {k for k in plain.state_dict() if not k.startswith("fc.")}
+    missing = model.backbone.load_state_dict({k: plain.state_dict()[k] for k in trunk_keys}, strict=True)
+    assert not missing.missing_keys and not missing.unexpected_keys
+    for k in trunk_keys:
+        assert torch.equal(model.backbone.state_dict()[k], plain.state_dict()[k])

@@ -35,7 +35,9 @@ from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
 log = logging.getLogger(__name__)
 
-BACKBONES = ("resnet50", "resnet101", "mobilenet_v3_large")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_large")
+# Basic-block ResNets (no 1x1 bottleneck): torchvision cannot dilate them, so dilate_basic_blocks does.
+BASIC_BLOCK_BACKBONES = ("resnet18", "resnet34")
 BACKBONE_WEIGHTS = (None, "imagenet")
 
 
@@ -81,6 +83,8 @@ class ModelConfig:
 def _imagenet_weights(backbone: str):
     """The ImageNet weights torchvision's own DeepLabv3 builders start from (IMAGENET1K_V1)."""
     enums = {
+        "resnet18": torchvision.models.ResNet18_Weights,
+        "resnet34": torchvision.models.ResNet34_Weights,
         "resnet50": torchvision.models.ResNet50_Weights,
         "resnet101": torchvision.models.ResNet101_Weights,
         "mobilenet_v3_large": torchvision.models.MobileNet_V3_Large_Weights,
@@ -103,9 +107,36 @@ def build_encoder(config: ModelConfig) -> tuple[nn.Module, int]:
     # torchvision's deeplabv3_resnet* builders fix stride 8, so build the trunk directly.
     dilate = [False, config.output_stride == 8, True]
     make = getattr(torchvision.models, config.backbone)
-    trunk = make(weights=weights, replace_stride_with_dilation=dilate)
+    if config.backbone in BASIC_BLOCK_BACKBONES:
+        trunk = make(weights=weights)
+        dilate_basic_blocks(trunk, dilate)
+    else:
+        trunk = make(weights=weights, replace_stride_with_dilation=dilate)
     # "res5c" of the papers is layer4's last block.
     return IntermediateLayerGetter(trunk, return_layers={"layer4": "out"}), trunk.fc.in_features
+
+
+def dilate_basic_blocks(trunk: nn.Module, dilate: Sequence[bool]) -> None:
+    """Trade layer2-4's strides for dilation in a basic-block ResNet (ResNet-18/34), in place.
+
+    The same rule as torchvision's ``replace_stride_with_dilation`` for bottleneck ResNets
+    (and the dilated ResNet-18 that segmentation toolkits call R-18-D8): a dilated layer keeps
+    its input resolution, its first 3x3 convolution the dilation of the layer before, every
+    later one the layer's own. Works on built modules so ImageNet weights load unchanged (a
+    dilation changes no weight shape)."""
+    dilation = 1
+    for layer, dilated in zip((trunk.layer2, trunk.layer3, trunk.layer4), dilate):
+        if not dilated:
+            continue
+        previous, dilation = dilation, dilation * 2
+        first = layer[0]
+        first.conv1.stride = (1, 1)
+        if first.downsample is not None:
+            first.downsample[0].stride = (1, 1)
+        convs = [(first.conv1, previous), (first.conv2, dilation)]
+        convs += [(conv, dilation) for block in layer[1:] for conv in (block.conv1, block.conv2)]
+        for conv, d in convs:
+            conv.dilation, conv.padding = (d, d), (d, d)
 
 
 def atrous_rates(config: ModelConfig) -> tuple[int, int, int]:
