@@ -55,9 +55,11 @@ def blendgen():
 @click.option("--val", "num_val", type=click.IntRange(1), default=120, show_default=True, help="Validation images.")
 @click.option("--min-size", type=click.IntRange(32), default=96, show_default=True, help="Smallest image side.")
 @click.option("--max-size", type=click.IntRange(32), default=192, show_default=True, help="Largest image side.")
+@click.option("--object-scale", type=click.FloatRange(0.25, 3), default=1.0, show_default=True,
+              help="Object size relative to the image (ours; docs/results.md says how it was chosen).")
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Processes.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def synth(out, seed, num_train, num_val, min_size, max_size, workers, quiet):
+def synth(out, seed, num_train, num_val, min_size, max_size, object_scale, workers, quiet):
     """Write the synthetic demo dataset in the PASCAL VOC 2012 layout.
 
     A miniature of VOC: the 20 VOC classes as textured shapes on varied backgrounds, 1-4
@@ -72,7 +74,7 @@ def synth(out, seed, num_train, num_val, min_size, max_size, workers, quiet):
 
     try:
         config = SynthConfig(out=out, seed=seed, num_train=num_train, num_val=num_val,
-                             min_size=min_size, max_size=max_size, workers=workers)
+                             min_size=min_size, max_size=max_size, object_scale=object_scale, workers=workers)
         summary = make_synthetic_voc(config, progress=not quiet)
     except (ValueError, FileExistsError) as exc:
         _fail(exc)
@@ -343,6 +345,19 @@ def trainer():
     """
 
 
+def _range_option(ctx, param, value):
+    """--scale MIN:MAX (or one number for both) -> (min, max)."""
+    if value is None:
+        return None
+    try:
+        parts = [float(v) for v in str(value).split(":")]
+    except ValueError:
+        raise click.BadParameter(f"expected MIN:MAX, got {value!r}") from None
+    if len(parts) not in (1, 2) or not 0 < parts[0] <= parts[-1]:
+        raise click.BadParameter(f"expected MIN:MAX with 0 < MIN <= MAX, got {value!r}")
+    return (parts[0], parts[-1])
+
+
 def _gamma_option(ctx, param, value):
     """--gamma N or inf (no maximum)."""
     if value is None:
@@ -366,10 +381,12 @@ def _train_errors():
 @click.option("--shards", type=click.Path(path_type=Path), required=True,
               help="blendgen output root holding mixed/ (stage 1), train/ (stage 2) and val/ (evaluation).")
 @click.option("--preset", type=click.Choice(["demo"]), default=None,
-              help="Defaults for a setting; explicit options win. demo: mobilenet_v3_large, crop 128, "
-                   "300 + 150 steps at lr 1e-2 / 1e-3 (about 5 minutes on 2 CPU cores).")
-@click.option("--backbone", type=click.Choice(["resnet50", "resnet101", "mobilenet_v3_large"]), default=None,
-              help="DeepLabv3 encoder.  [default: resnet50]")
+              help="Defaults for a setting; explicit options win. demo: the CPU recipe of docs/experiments.md "
+                   "(resnet18, AdamW, crop 128, 600 + 150 steps; about 9 minutes on 2 CPU cores).")
+@click.option("--backbone", type=click.Choice(["resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_large"]),
+              default=None, help="DeepLabv3 encoder.  [default: resnet50]")
+@click.option("--output-stride", type=click.Choice(["8", "16"]), callback=lambda c, p, v: None if v is None else int(v),
+              default=None, help="Encoder output stride (resnets: 8 or 16; mobilenet_v3_large: 16).  [default: 16]")
 @click.option("--backbone-weights", type=click.Choice(["imagenet"]), default=None,
               help="Start the encoder from torchvision's ImageNet weights (downloaded on first use into "
                    "$TORCH_HOME). Default: random init.")
@@ -393,6 +410,9 @@ def _train_errors():
               help="sourcesep-cm above γ: thres = blend with δ = 0.9 (γ-thres), skip = do not blend.  "
                    "[default: thres]")
 @click.option("--crop", type=click.IntRange(16), default=None, help="Random training crop.  [default: 321]")
+@click.option("--scale", callback=_range_option, default=None, metavar="MIN:MAX",
+              help="Random rescaling of each training image before the crop, ours (the papers say only "
+                   "'random cropping'); 1:1 turns it off.  [default: 0.5:2]")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Batch per process.  [default: 8]")
 @click.option("--accum", type=click.IntRange(1), default=None,
               help="Gradient accumulation: batches per optimizer step.  [default: 1]")
@@ -402,6 +422,18 @@ def _train_errors():
 @click.option("--epochs2", type=click.IntRange(0), default=None, help="Stage-2 epochs, instead of --iters2.  [default: 30]")
 @click.option("--lr1", type=float, default=None, help="Stage-1 initial learning rate (poly 0.9).  [default: 2.5e-4]")
 @click.option("--lr2", type=float, default=None, help="Stage-2 initial learning rate (poly 0.9).  [default: 2.5e-5]")
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=None,
+              help="sgd: the papers' (momentum 0.9, weight decay 5e-4); adamw: beta1 = momentum.  [default: sgd]")
+@click.option("--weight-decay", type=click.FloatRange(0), default=None, help="Weight decay.  [default: 5e-4]")
+@click.option("--warmup", type=click.IntRange(0), default=None,
+              help="Optimizer steps of linear learning-rate warm-up at the start of each stage.  [default: 0]")
+@click.option("--ppa-eps", type=click.FloatRange(0, min_open=True), default=None,
+              help="Stage 2: ε of the phantom term log(ε + Σ ReLU(S_p)) (docs/trainer.md).  [default: 1e-6]")
+@click.option("--grad-clip", type=click.FloatRange(0, min_open=True), default=None,
+              help="Clip the global gradient norm of each optimizer step to this. Default: no clipping.")
+@click.option("--eval-every", type=click.IntRange(0), default=None,
+              help="Evaluate on SHARDS/val every N optimizer steps (0 = never before the end) and draw "
+                   "curves.png. Default: at each stage's end.")
 @click.option("--workers", type=click.IntRange(0), default=None, help="Loader processes per rank.  [default: 2]")
 @click.option("--seed", type=int, default=None, help="Seeds weights, data order and augmentation.  [default: 0]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
@@ -450,6 +482,9 @@ def run_(shards, preset, no_ssh, no_denoise, resume, quiet, **options):
     except _train_errors() as exc:
         _fail(exc)
     if "report_dir" in report:
+        from trainer.evaluate import per_class_text
+
+        click.echo(f"IoU per class on val (head {report['head']}):\n{per_class_text(report)}")
         click.echo(f"val mIoU {100 * report['miou']:.2f}  pixel acc {100 * report['pixel_acc']:.2f}  "
                    f"-> {report['report_dir']}/report.md")
 

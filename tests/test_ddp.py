@@ -30,9 +30,10 @@ def test_two_processes_agree_and_only_rank_zero_writes(shared_shards, tmp_path):
     digests = dict(re.findall(r"\[rank (\d)\] final weights sha256 (\w+)", done.stdout))
     assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == [
-        "config.json", "last.pt", "metrics.jsonl", "report.json", "report.md", "stage1.pt", "stage2.pt"]
+        "config.json", "curves.png", "last.pt", "metrics.jsonl", "report.json", "report.md", "stage1.pt", "stage2.pt"]
     lines = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
-    assert [(m["stage"], m["step"]) for m in lines] == [(1, 1), (1, 2), (2, 1)]
+    assert [(m["stage"], m["step"], "val_miou" in m) for m in lines] == [(1, 1, False), (1, 2, False), (1, 2, True),
+                                                                          (2, 1, False), (2, 1, True)]
     # Each step saw 2 processes x 2 samples; the evaluation covered every val sample once.
     last = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
     assert last["position"] == {"stage": 2, "step": 1, "epoch": 0, "batch": 1}

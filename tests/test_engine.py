@@ -50,15 +50,24 @@ def test_run_writes_config_checkpoints_metrics_and_report(finished_run):
     assert {p.name for p in run_dir.iterdir()} >= {"config.json", "metrics.jsonl", "stage1.pt", "stage2.pt", "last.pt",
                                                   "report.json", "report.md"}
     assert json.loads((run_dir / "config.json").read_text())["name"] == "tiny"
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = [m for m in logged if "loss" in m]
     assert [(m["stage"], m["step"]) for m in lines] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    # val mIoU at each stage's end: S_ss (and S_t) after stage 1, the final report's number last
+    val = [m for m in logged if "val_miou" in m]
+    assert [(m["stage"], m["step"], m["val_head"]) for m in val] == [(1, 2, "ss"), (2, 2, "t")]
+    assert {"val_miou_t", "val_miou_ss", "val_pixel_acc"} <= val[0].keys()
+    assert (run_dir / "curves.png").stat().st_size > 0
     assert {"loss", "ce_t", "ce_p", "ce_ss", "lr", "samples_per_s", "data_wait_s"} <= lines[0].keys()
     assert {"loss", "ce_t", "ppa"} <= lines[2].keys()
     assert lines[0]["lr"] == pytest.approx(2.5e-4 * 0.5 ** 0.9)  # poly after 1 of 2 steps
     saved = json.loads((run_dir / "report.json").read_text())
     assert list(saved["per_class_iou"]) == ["background", "disc", "bar", "box"]
     assert saved["head"] == "t" and 0 <= saved["miou"] <= 1 and 0 <= saved["pixel_acc"] <= 1
-    assert saved["miou"] == report["miou"]
+    assert saved["miou"] == report["miou"] == saved["by_head"]["t"]["miou"]
+    assert val[-1]["val_miou_t"] == pytest.approx(saved["miou"], abs=1e-6)  # metrics.jsonl rounds to 6 digits
+    assert set(saved["by_head"]) == {"t", "ss"}
+    assert val[-1]["val_miou_ss"] == pytest.approx(saved["by_head"]["ss"]["miou"], abs=1e-6)
     assert "| mIoU |" in (run_dir / "report.md").read_text()
 
 
@@ -152,5 +161,39 @@ def test_run_command_reports_bad_input_in_one_line(tmp_path, monkeypatch):
                                               "--epochs1", "2", "--no-ssh", "--quiet"])
     assert result.exit_code == 0, result.output
     config = seen["config"]
-    assert (config.crop, config.backbone, config.ssh, config.progress) == (64, "mobilenet_v3_large", False, False)
+    assert (config.crop, config.backbone, config.ssh, config.progress) == (64, "resnet18", False, False)
+    assert (config.optimizer, config.scale, config.ppa_eps) == ("adamw", (1.0, 1.0), 1.0)
     assert config.stage_length(1) == ("epochs", 2) and config.stage_length(2) == ("iters", 150)
+
+
+def test_warmup_rises_linearly_then_poly_decays_to_zero():
+    from trainer.train import lr_factor
+
+    factors = [lr_factor(i, total=10, warmup=4, power=0.9) for i in range(11)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert factors[4] == pytest.approx(0.6 ** 0.9) and factors[10] == 0.0
+    assert [lr_factor(i, total=10, warmup=0, power=1.0) for i in (0, 5)] == [1.0, 0.5]
+
+
+def test_adamw_warmup_clipping_and_ppa_eps_reach_the_run(tmp_path, shared_shards):
+    config = TrainConfig(shards=str(shared_shards), out=str(tmp_path), name="adamw", optimizer="adamw",
+                         weight_decay=0.01, warmup=2, grad_clip=0.5, ppa_eps=1.0, eval_every=1,
+                         **{**TINY, "iters1": 3, "iters2": 2})
+    run(config)
+    last = torch.load(tmp_path / "adamw" / "last.pt", weights_only=True)
+    assert "exp_avg_sq" in next(iter(last["optimizer"]["state"].values()))  # Adam moments, not SGD momentum
+    lines = [json.loads(line) for line in (tmp_path / "adamw" / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [m for m in lines if "loss" in m]
+    assert [m["lr"] for m in train_lines[:2]] == [pytest.approx(2.5e-4 * 1.0), pytest.approx(2.5e-4 * (1 / 3) ** 0.9)]
+    # with ε = 1 the phantom term log(1 + Σ ReLU(S_p)) is never negative
+    assert all(m["ppa"] >= 0 for m in train_lines if m["stage"] == 2)
+    # --eval-every 1: a val line after every step of both stages, the last one the final report's
+    val = [(m["stage"], m["step"]) for m in lines if "val_miou" in m]
+    assert val == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2)]
+
+
+def test_config_refuses_bad_new_options_naming_the_field():
+    for bad, field in [(dict(optimizer="lbfgs"), "optimizer"), (dict(warmup=-1), "warmup"), (dict(ppa_eps=0), "ppa_eps"),
+                       (dict(grad_clip=0), "grad_clip"), (dict(eval_every=-1), "eval_every")]:
+        with pytest.raises(ValueError, match=f"^{field}:"):
+            TrainConfig(shards="out", **bad)

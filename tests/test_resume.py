@@ -51,7 +51,9 @@ def test_killed_run_resumes_to_the_same_weights(shared_shards, tmp_path):
     assert got["position"] == want["position"] == {"stage": 2, "step": 1, "epoch": 0, "batch": 2}
     for key, tensor in want["model"].items():
         assert torch.equal(got["model"][key], tensor), key  # bitwise: same kernels, threads, data, RNG
-    steps = lambda name: [(m["stage"], m["step"]) for m in map(json.loads, (tmp_path / name / "metrics.jsonl").open())]  # noqa: E731
-    assert steps("killed") == steps("reference") == [(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (2, 1)]
+    steps = lambda name: [(m["stage"], m["step"], "val_miou" in m)  # noqa: E731
+                          for m in map(json.loads, (tmp_path / name / "metrics.jsonl").open())]
+    assert steps("killed") == steps("reference") == [(1, 1, False), (1, 2, False), (1, 3, False), (1, 4, False),
+                                                     (1, 5, False), (1, 5, True), (2, 1, False), (2, 1, True)]
     report = lambda name: json.loads((tmp_path / name / "report.json").read_text())["miou"]  # noqa: E731
     assert report("killed") == report("reference")

@@ -38,17 +38,20 @@ GAMMA_RULES = ("thres", "skip")  # IJCV Table 11: "γ-thres" (δ = 0.9 above γ)
 DEFAULT_ALPHA = 1.0
 DEFAULT_GAMMA = 3.0
 AMP_MODES = ("auto", "bf16", "fp16", "none")
+OPTIMIZERS = ("sgd", "adamw")  # sgd = the papers' (momentum, weight decay); adamw (ours, the demo)
 DEFAULT_EPOCHS = 30  # BMVC 2020: 30 epochs per stage (IJCV: 50)
 
-# ``--preset demo``: the synthetic demo dataset (~150 px images) on two CPU cores in about five
-# minutes (300 + 150 steps of 8 crops at ~13 samples/s, then ~500 val images); see
-# docs/trainer.md. Random init learns far slower than the papers' ImageNet-initialised encoder,
-# so the demo starts 40x higher than the paper's learning rates, keeping their 10:1 ratio (ours).
-# Still, it learns little beyond background; crop 96 / batch 16, lr 3e-2 and re-estimated BN
-# statistics did no better in a 150-step test, so it stays as it is (docs/methods.md).
+# ``--preset demo``: the synthetic demo dataset (~150 px images) on two CPU cores in about nine
+# minutes of training and evaluation. Every choice is ours, measured in docs/experiments.md: from
+# random initialisation the papers' SGD recipe stays on the "background" plateau, so the demo uses
+# a dilated ResNet-18 (DeepLabv3 heads at output stride 16), AdamW with a 30-step warm-up (lr 1e-3
+# / 1e-4, the papers' 10:1 between the stages), no random rescaling (the small images lose their
+# objects at 0.5x), log(1 + Σ ReLU(S_p)) in stage 2 (ε = 1: the paper's term with a tiny ε undoes
+# stage 1), and a val evaluation every 150 steps for the learning curve.
 PRESETS: dict[str, dict] = {
-    "demo": {"backbone": "mobilenet_v3_large", "crop": 128, "batch_size": 8, "iters1": 300,
-             "iters2": 150, "lr1": 1e-2, "lr2": 1e-3, "log_every": 10, "checkpoint_every": 50},
+    "demo": {"backbone": "resnet18", "crop": 128, "scale": (1.0, 1.0), "batch_size": 8, "iters1": 600,
+             "iters2": 150, "optimizer": "adamw", "weight_decay": 1e-2, "lr1": 1e-3, "lr2": 1e-4, "warmup": 30,
+             "ppa_eps": 1.0, "eval_every": 150, "log_every": 10, "checkpoint_every": 50},
 }
 
 
@@ -83,9 +86,16 @@ class TrainConfig:
     epochs2: int | None = None
     lr1: float = 2.5e-4
     lr2: float = 2.5e-5
+    optimizer: str = "sgd"  # one of OPTIMIZERS; momentum is AdamW's beta1
     momentum: float = 0.9
     weight_decay: float = 5e-4
     poly_power: float = 0.9
+    warmup: int = 0  # optimizer steps of linear warm-up at the start of each stage (ours; 0 = none)
+    # -- stage 2: ℓ_PPA = log(ε + Σ ReLU(S_p)) per image (IJCV Eq. 5; ε ours, docs/trainer.md)
+    ppa_eps: float = 1e-6
+    grad_clip: float | None = None  # max global gradient norm per optimizer step; None = no clipping
+    # -- evaluation on val during training: every eval_every optimizer steps and at each stage's end
+    eval_every: int | None = None  # None = only at each stage's end; 0 = never during training
     # -- online mixing; None = the method's default, or unused (resolved in __post_init__)
     alpha: float | None = None  # Beta(α, α) of sourcesep-cm (δ), mixup and cutmix (λ)
     gamma: float | None = None  # sourcesep-cm: max unique categories of a pair (math.inf = none)
@@ -118,6 +128,12 @@ class TrainConfig:
                      "log_every", "checkpoint_every"):
             _check(getattr(self, name) >= 1, name, f"expected >= 1, got {getattr(self, name)}")
         _check(self.workers >= 0, "workers", f"expected >= 0, got {self.workers}")
+        _check(self.optimizer in OPTIMIZERS, "optimizer", f"expected one of {OPTIMIZERS}, got {self.optimizer!r}")
+        _check(self.warmup >= 0, "warmup", f"expected >= 0, got {self.warmup}")
+        _check(self.ppa_eps > 0, "ppa_eps", f"expected > 0, got {self.ppa_eps}")
+        _check(self.grad_clip is None or self.grad_clip > 0, "grad_clip", f"expected None or > 0, got {self.grad_clip}")
+        _check(self.eval_every is None or self.eval_every >= 0, "eval_every",
+               f"expected None (stage ends only), 0 (never) or >= 1, got {self.eval_every}")
         _check(self.threads is None or self.threads >= 1, "threads", f"expected None or >= 1, got {self.threads}")
         for name in ("lr1", "lr2"):
             _check(getattr(self, name) > 0, name, f"expected > 0, got {getattr(self, name)}")

@@ -74,12 +74,19 @@ def eval_loader(shards: ShardDir, crop: int | None, batch_size: int, workers: in
     return make_loader(dataset, workers, pin_memory=d.device.type == "cuda")
 
 
-@torch.inference_mode()
 def evaluate(model: nn.Module, loader, num_classes: int, ignore_index: int, d: Dist, head: str = "t",
              amp_dtype: torch.dtype | None = None, progress: bool = False) -> ConfusionMatrix:
     """Accumulate the confusion matrix of ``head``'s argmax over ``loader``, summed over ranks."""
+    return evaluate_heads(model, loader, num_classes, ignore_index, d, (head,), amp_dtype, progress)[head]
+
+
+@torch.inference_mode()
+def evaluate_heads(model: nn.Module, loader, num_classes: int, ignore_index: int, d: Dist, heads: tuple[str, ...],
+                   amp_dtype: torch.dtype | None = None, progress: bool = False) -> dict[str, ConfusionMatrix]:
+    """One pass over ``loader``, one confusion matrix per output head, summed over ranks. Leaves
+    the model in eval mode (callers that go on training set it back)."""
     model.eval()
-    cm = ConfusionMatrix(num_classes, ignore_index)
+    cms = {head: ConfusionMatrix(num_classes, ignore_index) for head in heads}
     channels_last = d.device.type == "cuda"
     autocast = torch.autocast(d.device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
     for batch in tqdm(loader, desc="eval", disable=not (progress and d.is_main), leave=False):
@@ -88,10 +95,12 @@ def evaluate(model: nn.Module, loader, num_classes: int, ignore_index: int, d: D
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast:
             out = model(normalize(x))
-        pred = prediction(out, head).argmax(1)  # (B, H, W)
-        cm.update(batch["label"].to(d.device, non_blocking=True), pred)
-    cm.reduce_from_all_processes()
-    return cm
+        label = batch["label"].to(d.device, non_blocking=True)  # (B, H, W)
+        for head, cm in cms.items():
+            cm.update(label, prediction(out, head).argmax(1))  # (B, H, W)
+    for cm in cms.values():
+        cm.reduce_from_all_processes()
+    return cms
 
 
 def make_report(cm: ConfusionMatrix, classes: ClassSet, **context) -> dict:
@@ -100,6 +109,13 @@ def make_report(cm: ConfusionMatrix, classes: ClassSet, **context) -> dict:
     return {**context, "miou": r["miou"], "pixel_acc": r["pixel_acc"], "mean_acc": r["mean_acc"],
             "per_class_iou": dict(zip(classes.names, r["iou"])),
             "pixels": int(cm.mat.sum().item())}
+
+
+def per_class_text(report: dict, columns: int = 3) -> str:
+    """The per-class IoU of a report as a compact console table, ``columns`` classes a line."""
+    cells = [f"{name[:12]:<12} {'n/a' if iou is None or iou != iou else f'{100 * iou:5.1f}':>5}"
+             for name, iou in report["per_class_iou"].items()]
+    return "\n".join("   ".join(cells[i:i + columns]) for i in range(0, len(cells), columns))
 
 
 def write_report(directory: Path, report: dict) -> None:

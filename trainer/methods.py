@@ -64,9 +64,9 @@ def stage1_criterion(out: dict[str, Tensor], batch: dict, ignore_index: int) -> 
     return stage1_loss(out, batch["label"], batch["phantom"], batch["delta"], ignore_index)
 
 
-def stage2_criterion(out: dict[str, Tensor], batch: dict, ignore_index: int) -> tuple[Tensor, dict]:
-    """IJCV Eq. 5, the denoising stage on standard images."""
-    return stage2_loss(out, batch["label"], ignore_index)
+def stage2_criterion(out: dict[str, Tensor], batch: dict, ignore_index: int, eps: float = 1e-6) -> tuple[Tensor, dict]:
+    """IJCV Eq. 5, the denoising stage on standard images; ``eps`` inside ℓ_PPA's log."""
+    return stage2_loss(out, batch["label"], ignore_index, eps)
 
 
 def ce_criterion(out: dict[str, Tensor], batch: dict, ignore_index: int) -> tuple[Tensor, dict]:
@@ -79,9 +79,9 @@ def mixup_criterion(out: dict[str, Tensor], batch: dict, ignore_index: int) -> t
     return mixup_loss(out, batch["label"], batch["phantom"], batch["delta"], ignore_index)
 
 
-def criterion(method: str, stage: int) -> Criterion:
+def criterion(method: str, stage: int, ppa_eps: float = 1e-6) -> Criterion:
     if method in ("sourcesep-cc", "sourcesep-cm"):
-        return stage1_criterion if stage == 1 else stage2_criterion
+        return stage1_criterion if stage == 1 else partial(stage2_criterion, eps=ppa_eps)
     return mixup_criterion if method == "mixup" else ce_criterion
 
 

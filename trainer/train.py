@@ -28,6 +28,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -43,7 +44,8 @@ from .config import RESUMABLE_CHANGES, TrainConfig
 from .data import ShardStream, make_loader
 from .distributed import (Dist, all_ranks_ok, barrier, broadcast_object, cleanup, init_distributed, mean_over_ranks,
                           sync_buffers)
-from .evaluate import eval_head, eval_loader, evaluate, make_report, write_report
+from .curves import draw_curves
+from .evaluate import eval_head, eval_loader, evaluate_heads, make_report, write_report
 from .methods import Criterion, Mixer, batch_generator, batch_mixer, criterion, mixed_generation, stage_dir
 from .model import ModelConfig, build_model, configure_stage
 from .transforms import normalize, train_transform
@@ -103,14 +105,15 @@ def run(config: TrainConfig) -> dict:
         torch.manual_seed(config.seed)  # the same initial weights on every rank and every rerun
         model = prepare_model(r)
         resume = load_resume(r, model) if config.resume else None
+        position = Position(**resume["position"]) if resume else None
         for stage in (1, 2):
             kind, length = config.stage_budget(stage)
             if length == 0 or (resume and finished_before(resume, stage)):
                 continue
             start = resume if resume and resume["position"]["stage"] == stage else None
-            train_stage(r, model, stage, start)
+            position = train_stage(r, model, stage, start)
         print(f"[rank {d.rank}] final weights sha256 {weights_digest(model)}", flush=True)
-        return final_evaluation(r, model)
+        return final_evaluation(r, model, position)
     finally:
         torch.set_num_threads(threads)
         cleanup()
@@ -206,8 +209,9 @@ def load_resume(r: Run, model: nn.Module) -> dict:
     model.load_state_dict(ckpt["model"])
     ckpt_io.set_rng_state(ckpt["rng"])  # dropout masks continue where the interrupted run was
     position = ckpt["position"]
-    if r.dist.is_main:
-        trim_metrics(r.path("metrics.jsonl"), position["stage"], position["step"])
+    if r.dist.is_main:  # a finished last stage is evaluated again: its old final val line goes
+        final = ckpt["stage_done"] and last_stage(r.config, position["stage"])
+        trim_metrics(r.path("metrics.jsonl"), position["stage"], position["step"], keep_val_at_end=not final)
     r.say(f"resuming {r.dir} at stage {position['stage']} step {position['step']}")
     return ckpt
 
@@ -217,13 +221,15 @@ def finished_before(resume: dict, stage: int) -> bool:
     return stage < p["stage"] or (stage == p["stage"] and resume["stage_done"])
 
 
-def trim_metrics(path: Path, stage: int, step: int) -> None:
+def trim_metrics(path: Path, stage: int, step: int, keep_val_at_end: bool = True) -> None:
     """Drop the lines a killed run logged after its last checkpoint: the resumed run logs them again."""
     if not path.exists():
         return
 
     def logged_before(line: str) -> bool:
         m = json.loads(line)
+        if not keep_val_at_end and "val_miou" in m and (m["stage"], m["step"]) == (stage, step):
+            return False
         return (m["stage"], m["step"]) <= (stage, step)
 
     keep = [line for line in path.read_text().splitlines() if line and logged_before(line)]
@@ -246,8 +252,8 @@ class Stage:
     position: Position
 
 
-def train_stage(r: Run, model: nn.Module, stage: int, start: dict | None) -> None:
-    """Optimize one stage to its step budget, checkpointing along the way."""
+def train_stage(r: Run, model: nn.Module, stage: int, start: dict | None) -> Position:
+    """Optimize one stage to its step budget, checkpointing along the way; returns where it ended."""
     c = r.config
     shards = ShardDir.open(stage_dir(c, stage))
     dataset = train_dataset(r, shards)
@@ -264,9 +270,12 @@ def train_stage(r: Run, model: nn.Module, stage: int, start: dict | None) -> Non
             s.position.epoch, s.position.batch = s.position.epoch + 1, 0
     bar.close()
     sync_buffers(model, r.dist)
+    if c.eval_every != 0 and not last_stage(c, stage):  # the last stage's end is the final evaluation
+        validate(r, s)
     if r.dist.is_main:  # before last.pt says the stage is done, so a kill between them loses nothing
         ckpt_io.save(r.path(f"stage{stage}.pt"), weights_payload(r, model, stage))
     save_checkpoint(r, model, s, stage_done=True)
+    return s.position
 
 
 def train_dataset(r: Run, shards: ShardDir) -> ShardStream:
@@ -284,10 +293,9 @@ def make_stage(r: Run, model: nn.Module, stage: int, batches_per_epoch: int, sta
     kind, length = c.stage_budget(stage)
     total = length if kind == "iters" else max(1, length * batches_per_epoch // c.accum)
     params = [p for p in model.parameters() if p.requires_grad]
-    lr = c.lr1 if stage == 1 else c.lr2
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=c.momentum, weight_decay=c.weight_decay)
-    # "poly" (Chen et al. 2018): lr = base * (1 - step / total) ** power
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: (1 - min(i, total) / total) ** c.poly_power)
+    optimizer = make_optimizer(c, params, c.lr1 if stage == 1 else c.lr2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, total=total, warmup=c.warmup,
+                                                                     power=c.poly_power))
     scaler = torch.amp.GradScaler(r.dist.device.type, enabled=r.amp_dtype == torch.float16)
     position = Position(stage)
     if start is not None:
@@ -299,7 +307,22 @@ def make_stage(r: Run, model: nn.Module, stage: int, batches_per_epoch: int, sta
     if r.dist.distributed:
         device_ids = [r.dist.device.index] if r.dist.device.type == "cuda" else None
         wrapped = DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
-    return Stage(stage, wrapped, criterion(c.method, stage), mix, optimizer, scheduler, scaler, total, position)
+    return Stage(stage, wrapped, criterion(c.method, stage, c.ppa_eps), mix, optimizer, scheduler, scaler, total, position)
+
+
+def make_optimizer(c: TrainConfig, params: list, lr: float) -> torch.optim.Optimizer:
+    """The papers' SGD (momentum, weight decay), or AdamW with the same momentum as beta1 (ours)."""
+    if c.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=(c.momentum, 0.999), weight_decay=c.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=c.momentum, weight_decay=c.weight_decay)
+
+
+def lr_factor(step: int, *, total: int, warmup: int, power: float) -> float:
+    """"poly" (Chen et al. 2018), lr = base * (1 - step / total) ** power, after ``warmup`` steps
+    of linear warm-up from base / warmup (ours; 0 = none)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return (1 - min(step, total) / total) ** power
 
 
 def train_one_epoch(r: Run, s: Stage, loader, bar: tqdm) -> None:
@@ -330,17 +353,57 @@ def train_one_epoch(r: Run, s: Stage, loader, bar: tqdm) -> None:
         s.position.batch += 1
         meter.add(terms, len(x) * d.world_size)
         if sync:
-            optimizer_step(s)
+            optimizer_step(s, c.grad_clip)
             bar.update(1)
             bar.set_postfix(loss=f"{terms['loss']:.3f}", samples_s=f"{meter.rate():.1f}")
             if s.position.step % c.log_every == 0 or s.position.step == s.total_steps:
                 r.log(meter.record(s, d))
                 meter = Meter()
+            if c.eval_every and s.position.step % c.eval_every == 0 and s.position.step < s.total_steps:
+                validate(r, s)
+                s.model.train()
             if s.position.step % c.checkpoint_every == 0 and s.position.step < s.total_steps:
                 save_checkpoint(r, s.model, s, stage_done=False)
             if s.position.step == s.total_steps:
                 return
         tick = time.perf_counter()
+
+
+def validate(r: Run, s: Stage) -> None:
+    """mIoU on val/ of every head the model has, logged as one metrics.jsonl line, and curves.png
+    redrawn. Touches no RNG the training draws from (the loader has its own generator) and no
+    weight or BN statistic (eval mode), so a run validates without changing what it learns."""
+    model = _unwrap(s.model)
+    heads = model_heads(model)
+    shards = ShardDir.open(Path(r.config.shards) / "val")
+    loader = eval_loader(shards, r.config.eval_crop, r.config.eval_batch_size, r.config.workers, r.dist)
+    start = time.perf_counter()
+    cms = evaluate_heads(model, loader, r.classes.num_classes, r.classes.ignore_index, r.dist, heads, r.amp_dtype)
+    log_validation(r, s.position, cms, eval_head(model, s.number), time.perf_counter() - start)
+
+
+def log_validation(r: Run, position: Position, cms: dict, head: str, seconds: float) -> None:
+    """One metrics.jsonl line of val mIoU per head (``val_miou``: the head the run predicts with
+    at this point), a line on the console, and curves.png redrawn."""
+    scores = {h: cm.compute() for h, cm in cms.items()}
+    record = {"stage": position.stage, "step": position.step, "epoch": position.epoch,
+              "val_miou": round(scores[head]["miou"], 6), "val_head": head,
+              **{f"val_miou_{h}": round(v["miou"], 6) for h, v in scores.items()},
+              "val_pixel_acc": round(scores[head]["pixel_acc"], 6),
+              "val_time_s": round(seconds, 2), "time": round(time.time(), 3)}
+    r.log(record)
+    r.say(f"stage {position.stage} step {position.step}: val mIoU {100 * record['val_miou']:.1f} (head {head})")
+    if r.dist.is_main:
+        draw_curves(r.path("metrics.jsonl"), r.path("curves.png"), title=r.dir.name)
+
+
+def model_heads(model: nn.Module) -> tuple[str, ...]:
+    """The predictions a model offers: S_t always, S_ss when it has a source separation head."""
+    return ("t", "ss") if getattr(model, "ssh", None) is not None else ("t",)
+
+
+def last_stage(c: TrainConfig, stage: int) -> bool:
+    return stage == 2 or c.stage_budget(2)[1] == 0
 
 
 def to_device(batch: dict, device: torch.device) -> tuple[Tensor, dict]:
@@ -353,7 +416,10 @@ def to_device(batch: dict, device: torch.device) -> tuple[Tensor, dict]:
     return x, {**batch, **moved}
 
 
-def optimizer_step(s: Stage) -> None:
+def optimizer_step(s: Stage, grad_clip: float | None = None) -> None:
+    if grad_clip is not None:
+        s.scaler.unscale_(s.optimizer)  # clip the true gradients, not the fp16-scaled ones
+        torch.nn.utils.clip_grad_norm_([p for g in s.optimizer.param_groups for p in g["params"]], grad_clip)
     s.scaler.step(s.optimizer)
     s.scaler.update()
     s.optimizer.zero_grad(set_to_none=True)
@@ -431,19 +497,27 @@ def dataset_identity(val: ShardDir) -> dict:
             "samples": val.num_samples}
 
 
-def final_evaluation(r: Run, model: nn.Module) -> dict:
-    """mIoU on val/ from the trained network; report.json and report.md (rank 0)."""
+def final_evaluation(r: Run, model: nn.Module, position: Position | None) -> dict:
+    """mIoU on val/ from the trained network, logged as the curve's last point at ``position``
+    (the end of the last stage trained); report.json and report.md (rank 0)."""
     c = r.config
     stage = 2 if c.stage_budget(2)[1] > 0 else 1
     head = eval_head(model, stage)
     shards = ShardDir.open(Path(c.shards) / "val")
     loader = eval_loader(shards, c.eval_crop, c.eval_batch_size, c.workers, r.dist)
+    heads = model_heads(model)
     start = time.perf_counter()
-    cm = evaluate(model, loader, r.classes.num_classes, r.classes.ignore_index, r.dist, head, r.amp_dtype, c.progress)
-    report = make_report(cm, r.classes, split="val", run=str(r.dir), method=c.method, stage=stage, head=head,
+    cms = evaluate_heads(model, loader, r.classes.num_classes, r.classes.ignore_index, r.dist, heads, r.amp_dtype,
+                         c.progress)
+    if position is not None:
+        log_validation(r, position, cms, head, time.perf_counter() - start)
+    report = make_report(cms[head], r.classes, split="val", run=str(r.dir), method=c.method, stage=stage, head=head,
                          dataset=dataset_identity(shards), samples=shards.num_samples, eval_crop=c.eval_crop,
                          eval_time_s=round(time.perf_counter() - start, 2),
                          total_time_s=round(time.perf_counter() - r.started, 2))
+    if len(heads) > 1:  # both of the two-branch network's predictions: S_t (ours) and S_ss (the paper's)
+        report["by_head"] = {h: {k: v for k, v in make_report(cm, r.classes).items() if k != "pixels"}
+                             for h, cm in cms.items()}
     if r.dist.is_main:
         write_report(r.dir, report)
         report["report_dir"] = str(r.dir)  # only where it was written: the CLI prints it once
