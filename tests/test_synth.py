@@ -275,3 +275,19 @@ def test_failed_run_leaves_neither_dataset_nor_partial(tmp_path, monkeypatch):
 def test_bad_config_names_the_field(tmp_path, field, value):
     with pytest.raises(ValueError, match=f"^{field}:"):
         SynthConfig(out=tmp_path / "x", **{field: value})
+
+
+def test_object_scale_grows_the_objects_and_the_summary_counts_their_pixels(tmp_path):
+    fractions = {}
+    for scale in (1.0, 1.8):
+        out = tmp_path / f"scale-{scale}"
+        summary = make_synthetic_voc(SynthConfig(out=out, seed=0, num_train=30, num_val=4, object_scale=scale),
+                                     progress=False)
+        labels = [np.array(Image.open(out / "SegmentationClass" / f"{i}.png")) for i in ids_of(out, "train")]
+        objects = sum(int(((y > 0) & (y != IGNORE_INDEX)).sum()) for y in labels)
+        labelled = sum(int((y != IGNORE_INDEX).sum()) for y in labels)
+        assert summary["object_pixel_fraction"]["train"] == pytest.approx(objects / labelled, abs=1e-4)
+        fractions[scale] = objects / labelled
+    assert fractions[1.8] > 1.8 * fractions[1.0]  # area grows with the square of the scale, less what the frame cuts
+    with pytest.raises(ValueError, match="^object_scale:"):
+        SynthConfig(out=tmp_path / "bad", object_scale=5)
