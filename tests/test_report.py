@@ -143,6 +143,10 @@ def test_run_command_rebuilds_the_same_config(tmp_path, monkeypatch):
 
     configs = [TrainConfig(shards="/o", name="x", method="sourcesep-cm", gamma=math.inf, gamma_rule="skip",
                            alpha=0.4, progress=False, **PRESETS["demo"]),
+               TrainConfig(shards="/o", name="z", method="deeplabv3", backbone="resnet18", output_stride=8,
+                           optimizer="adamw", weight_decay=0.01, warmup=5, scale=(1.0, 1.0), grad_clip=2.0,
+                           eval_every=7, iters1=3, iters2=2),
+               TrainConfig(shards="/o", name="w", method="sourcesep-cc", ppa_eps=1.0, eval_every=0, iters1=3, iters2=2),
                TrainConfig(shards="/o", name="y", method="sourcesep-cc", mixed="/o/mixed-r", ssh=False, denoise=False,
                            iters1=5, iters2=0, lr1=0.02, threads=1)]
     for config in configs:
@@ -164,3 +168,30 @@ def test_report_of_a_real_tiny_run_with_fake_companions(shared_shards, tmp_path)
     rows = _rows(tmp_path / "rep" / "overall.csv")
     assert [r[-1] for r in rows[1:]] == ["real", "cm"]
     assert float(rows[1][3]) == pytest.approx(100 * real["miou"], abs=1e-4)
+
+
+def test_seeds_of_one_setting_give_mean_std_and_a_verdict_against_the_spread(tmp_path):
+    steps = dict(iters1=300, iters2=150)
+    runs = [fake_run(tmp_path, f"dl-s{seed}", miou, stage=1, method="deeplabv3", seed=seed, **steps)
+            for seed, miou in zip((0, 1, 2), (0.30, 0.32, 0.34))]
+    runs += [fake_run(tmp_path, f"cc-s{seed}", miou, method="sourcesep-cc", seed=seed, **steps)
+             for seed, miou in zip((0, 1, 2), (0.40, 0.41, 0.42))]
+    runs += [fake_run(tmp_path, f"cm-s{seed}", miou, method="sourcesep-cm", seed=seed, **steps)
+             for seed, miou in zip((0, 1, 2), (0.33, 0.38, 0.43))]
+    result = make_report(ReportConfig(runs=tuple(map(str, runs)), out=str(tmp_path / "rep")))
+    assert {"seeds", "per_class_seeds", "differences"} <= set(result["tables"])
+    seeds = {r[0]: r for r in _rows(tmp_path / "rep" / "seeds.csv")[1:]}
+    dl = seeds["DeepLabv3, resnet50"]
+    assert dl[1] == "3" and float(dl[2]) == pytest.approx(32.0) and float(dl[3]) == pytest.approx(2.0)
+    assert (dl[4], dl[5], dl[6]) == ("30.0000", "34.0000", "0, 1, 2")
+    verdicts = {(r[0].split(",")[0], r[1].split(",")[0]): r[4] for r in _rows(tmp_path / "rep" / "differences.csv")[1:]}
+    assert verdicts[("DeepLabv3", "DeepLabv3 + SourceSep-CC")] == "B higher"  # 30-34 vs 40-42: apart
+    assert verdicts[("DeepLabv3", "DeepLabv3 + SourceSep-CM")] == "within the spread"  # 33-43 overlaps 30-34
+    assert verdicts[("DeepLabv3 + SourceSep-CC", "DeepLabv3 + SourceSep-CM")] == "within the spread"
+    per_class = _rows(tmp_path / "rep" / "per_class_seeds.csv")
+    assert per_class[1][1:] == ["32.00 ± 2.00", "41.00 ± 1.00", "38.00 ± 5.00"]
+
+
+def test_one_seed_per_setting_adds_no_seed_tables(five, tmp_path):
+    result = make_report(ReportConfig(runs=tuple(map(str, five)), out=str(tmp_path / "rep")))
+    assert not {"seeds", "per_class_seeds", "differences"} & set(result["tables"])

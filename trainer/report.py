@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import DEFAULT_ALPHA, DEFAULT_GAMMA, PRESETS, TWO_BRANCH_METHODS, TrainConfig
+from .curves import draw_runs
 
 # The papers' names and row order (IJCV Table 1: baseline, Mixup, CutMix, then ours).
 METHOD_NAMES = {
@@ -343,6 +344,87 @@ def gamma_table(runs: list[RunRecord]) -> list[Table]:
                   "δ = 0.9 (the default). The paper reports this table without the denoising stage.")]
 
 
+# -- several seeds of one setting ----------------------------------------------------------------
+# Config fields that do not change what a run computes, besides the seed a group varies.
+_NOT_SETTING = ("seed", "name", "out", "progress", "resume", "threads", "workers")
+
+
+def seed_groups(runs: list[RunRecord]) -> list[list[RunRecord]]:
+    """Runs that differ in nothing but their seed (and where they were written), in run order."""
+    groups: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        setting = {k: v for k, v in run.config.to_dict().items() if k not in _NOT_SETTING}
+        groups.setdefault(json.dumps(setting, sort_keys=True), []).append(run)
+    return list(groups.values())
+
+
+@dataclass(frozen=True)
+class Spread:
+    """mIoU (or a class's IoU) of one setting over its seeds, in percent."""
+
+    values: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return sum(self.values) / len(self.values)
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation (n - 1); 0 for one seed."""
+        n = len(self.values)
+        return 0.0 if n < 2 else math.sqrt(sum((v - self.mean) ** 2 for v in self.values) / (n - 1))
+
+    def text(self) -> str:
+        return f"{self.mean:.2f} ± {self.std:.2f}"
+
+
+def _spread(group: list[RunRecord], value: Callable[[RunRecord], float | None]) -> Spread:
+    return Spread(tuple(v for v in map(value, group) if v is not None and not math.isnan(v)))
+
+
+def _group_label(group: list[RunRecord]) -> str:
+    return f"{group[0].label()}, {group[0].config.backbone}"
+
+
+@table_builder("miou")
+def seed_tables(runs: list[RunRecord]) -> list[Table]:
+    """Mean ± standard deviation over seeds, per setting and per class, and which differences
+    between settings are larger than the seed-to-seed spread: built when a setting has several seeds."""
+    groups = seed_groups(runs)
+    if all(len(g) == 1 for g in groups):
+        return []
+    mious = [_spread(g, lambda r: r.miou) for g in groups]
+    rows = [[_group_label(g), len(g), m.mean, m.std, min(m.values), max(m.values),
+             ", ".join(str(r.config.seed) for r in g)] for g, m in zip(groups, mious)]
+    tables = [Table("seeds", "mIoU over seeds (mean ± standard deviation)",
+                    ["setting", "seeds", "mean mIoU", "std", "min", "max", "seed values"], rows,
+                    "std: the sample standard deviation over the seeds (n - 1).")]
+    classes = list(runs[0].report["per_class_iou"])
+    per_class = [[name, *(_spread(g, lambda r, n=name: _percent(r.report["per_class_iou"][n])).text()
+                          for g in groups)] for name in classes]
+    tables.append(Table("per_class_seeds", "IoU per class over seeds (mean ± std)",
+                        ["class", *(_group_label(g) for g in groups)], per_class))
+    pairs = [[_group_label(groups[i]), _group_label(groups[j]), mious[i].mean - mious[j].mean,
+              mious[i].std + mious[j].std, _separation(mious[i], mious[j])]
+             for i in range(len(groups)) for j in range(i + 1, len(groups))]
+    tables.append(Table("differences", "Differences between settings against the seed-to-seed spread",
+                        ["setting A", "setting B", "mean A - mean B", "std A + std B", "verdict"], pairs,
+                        "A difference counts as larger than the spread only when every seed of one setting "
+                        "scored above every seed of the other (the seed ranges do not overlap) and the "
+                        "difference of the means exceeds the sum of the standard deviations; otherwise "
+                        "the seeds do not tell the two settings apart."))
+    return tables
+
+
+def _separation(a: Spread, b: Spread) -> str:
+    if len(a.values) < 2 or len(b.values) < 2:
+        return "one seed: no spread to compare with"
+    apart = min(a.values) > max(b.values) or min(b.values) > max(a.values)
+    if apart and abs(a.mean - b.mean) > a.std + b.std:
+        return "A higher" if a.mean > b.mean else "B higher"
+    return "within the spread"
+
+
 @table_builder("suite_format")
 def suite_tables(runs: list[RunRecord]) -> list[Table]:
     """The evaluation suites of ``trainer eval --suite`` (IJCV Tables 4-6, Fig. 5, blur); trainer.suites."""
@@ -371,8 +453,7 @@ def _percent(value: float | None) -> float | None:
 
 # -- commands that reproduce a run ----------------------------------------------------------------
 # TrainConfig fields with no ``trainer run`` option, and those that are outputs of the run.
-_NO_OPTION = ("scale", "eval_batch_size", "shuffle_buffer", "unit", "momentum", "weight_decay", "poly_power",
-              "output_stride")
+_NO_OPTION = ("eval_batch_size", "shuffle_buffer", "unit", "momentum", "poly_power")
 _NOT_OPTIONS = ("mixed_strategy", "mixed_delta", "resume", "shards")
 _FLAGS = {"ssh": "--no-ssh", "denoise": "--no-denoise", "progress": "--quiet"}  # True by default
 
@@ -400,9 +481,15 @@ def run_command(config: TrainConfig) -> str:
         elif name in _NO_OPTION:
             extra.append(f"{name}={value}")
         else:
-            args += ["--" + name.replace("_", "-"), repr(value) if isinstance(value, float) else str(value)]
+            args += ["--" + name.replace("_", "-"), _option_value(value)]
     command = shlex.join(args)
     return command + (f"  # config fields without an option: {', '.join(extra)}" if extra else "")
+
+
+def _option_value(value) -> str:
+    if isinstance(value, tuple):  # --scale MIN:MAX
+        return ":".join(f"{v:g}" for v in value)
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 # -- the report -----------------------------------------------------------------------------------
@@ -417,10 +504,16 @@ def make_report(config: ReportConfig) -> dict:
         table.write_csv(out / f"{table.key}.csv")
     chart = out / "miou.png"
     plot_miou(runs, chart)
+    with_curves = [(_group_label(g), r.path / "metrics.jsonl") for g in seed_groups(runs) for r in g
+                   if (r.path / "metrics.jsonl").is_file()]
+    curves = out / "curves.png" if with_curves else None
+    if curves is not None:
+        draw_runs(with_curves, curves)
     page = config.page_path
     page.parent.mkdir(parents=True, exist_ok=True)
-    page.write_text(render_page(config, runs, tables, chart))
-    return {"tables": [t.key for t in tables], "page": str(page), "chart": str(chart), "runs": len(runs)}
+    page.write_text(render_page(config, runs, tables, chart, curves))
+    return {"tables": [t.key for t in tables], "page": str(page), "chart": str(chart), "runs": len(runs),
+            "curves": None if curves is None else str(curves)}
 
 
 def _unique(runs) -> list[RunRecord]:
@@ -430,7 +523,8 @@ def _unique(runs) -> list[RunRecord]:
     return list(seen.values())
 
 
-def render_page(config: ReportConfig, runs: list[RunRecord], tables: list[Table], chart: Path) -> str:
+def render_page(config: ReportConfig, runs: list[RunRecord], tables: list[Table], chart: Path,
+                curves: Path | None = None) -> str:
     """The Markdown page: notes, tables (the chart under the first), runs, commands."""
     page_dir = config.page_path.parent
     lines = [f"# {config.title}", ""]
@@ -445,6 +539,8 @@ def render_page(config: ReportConfig, runs: list[RunRecord], tables: list[Table]
             lines += [table.note, ""]
         if i == 0:
             lines += [f"![mIoU by run]({os.path.relpath(chart, page_dir)})", ""]
+            if curves is not None:
+                lines += [f"![learning curves]({os.path.relpath(curves, page_dir)})", ""]
     lines += ["## Runs", "", "| run | method | steps (stage 1 + stage 2) | train + eval time | evaluated |",
               "| --- | --- | --- | --- | --- |"]
     lines += [f"| {r.name} | {r.label()} | {_steps(r.config)} | {_minutes(r.report.get('total_time_s'))} | "
