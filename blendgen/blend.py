@@ -5,7 +5,7 @@ label maps are never mixed; the dominant's is kept as is, the phantom's travels 
 
 (ours) Images differ in size; the phantom is brought to the dominant's H×W: its image with
 area averaging when it shrinks on both axes (no aliasing) and bilinear otherwise, its label
-map with nearest neighbour (ids are not numbers to interpolate). The dominant is never resampled.
+map with nearest neighbour sampled at pixel centres (ids are not numbers to interpolate). The dominant is never resampled.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ def resize_pair(image: np.ndarray, label: np.ndarray, hw: tuple[int, int]) -> tu
     shrinking = h <= image.shape[0] and w <= image.shape[1]
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
     image = cv2.resize(image, (w, h), interpolation=interpolation)
-    label = cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST)
+    # NEAREST_EXACT samples at pixel centres, as INTER_LINEAR and INTER_AREA do for the image;
+    # plain INTER_NEAREST shifts the label map by up to a pixel against it (trainer.transforms too).
+    label = cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
     return image, label
 
 
