@@ -30,7 +30,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from .classes import COCO, COCO_CLASSES, VOC, ClassSet, voc_palette
 
@@ -521,6 +520,16 @@ class COCOReader(Reader):
         return parsed.index
 
 
+def coco_masks():
+    """pycocotools' mask module, imported only where COCO is read: every other layout works on a
+    machine without it (e.g. a GPU image that ships torch but not pycocotools)."""
+    try:
+        from pycocotools import mask
+    except ImportError:
+        raise DatasetError("COCO: reading COCO annotations needs pycocotools (pip install pycocotools)") from None
+    return mask
+
+
 def coco_split_name(split: str) -> str:
     """``train`` -> ``train2017``; names that carry a year (``val2014``) are kept."""
     return split if re.search(r"\d{4}$", split) else f"{split}2017"
@@ -535,6 +544,7 @@ def paint_coco_label(height: int, width: int, anns: np.ndarray, blob: np.ndarray
     instead of disappearing under it, and a person annotated on their own inside a crowd
     region keeps the class; only the unresolved rest of the crowd is ignored.
     """
+    masks = coco_masks()
     label = np.zeros((height, width), dtype=np.uint8)
     if len(anns) == 0:
         return label
@@ -545,7 +555,7 @@ def paint_coco_label(height: int, width: int, anns: np.ndarray, blob: np.ndarray
         warnings.simplefilter("ignore", DeprecationWarning)
         for ann in anns:  # one mask at a time: a crowded large image needs no (H, W, N) stack
             rle = {"size": [height, width], "counts": blob[ann["rle_start"]:ann["rle_end"]].tobytes()}
-            label[mask_utils.decode(rle) != 0] = ignore if ann["crowd"] else ann["label"]
+            label[masks.decode(rle) != 0] = ignore if ann["crowd"] else ann["label"]
     return label
 
 
@@ -627,13 +637,14 @@ def _coco_images(images: list[dict], path: Path) -> tuple[list[list], dict[int, 
 def _segmentation_rle(segmentation, height: int, width: int) -> dict:
     """One compressed RLE for any of COCO's segmentation forms: polygons, uncompressed RLE
     (crowd annotations) or compressed RLE."""
+    masks = coco_masks()
     if isinstance(segmentation, list):
         # Fewer than 3 points enclose nothing; pycocotools would also take a first polygon
         # of exactly 4 numbers for a box.
         polygons = [p for p in segmentation if len(p) >= 6]
         if not polygons:
-            return mask_utils.encode(np.zeros((height, width, 1), dtype=np.uint8, order="F"))[0]
-        return mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+            return masks.encode(np.zeros((height, width, 1), dtype=np.uint8, order="F"))[0]
+        return masks.merge(masks.frPyObjects(polygons, height, width))
     if isinstance(segmentation, dict):
         if [int(s) for s in segmentation["size"]] != [height, width]:
             raise ValueError(f"RLE size {segmentation['size']} differs from the image's {[height, width]}")
@@ -641,19 +652,20 @@ def _segmentation_rle(segmentation, height: int, width: int) -> dict:
         if isinstance(counts, list):
             if sum(counts) != height * width:
                 raise ValueError(f"RLE counts sum to {sum(counts)}, not {height}*{width} pixels")
-            return mask_utils.frPyObjects(segmentation, height, width)
+            return masks.frPyObjects(segmentation, height, width)
         return {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
     raise TypeError(f"segmentation of type {type(segmentation).__name__}")
 
 
 def _pack_annotations(classes: ClassSet, images: list[list], per_image: list[list]) -> ParsedCOCO:
+    masks = coco_masks()
     table = np.zeros(sum(len(anns) for anns in per_image), dtype=_COCO_ANN_DTYPE)
     strings, offset, i = [], 0, 0
     for row, anns in enumerate(per_image):
         images[row] += [i, i + len(anns)]
         for label, ann, rle in anns:
-            x, y, w, h = ann["bbox"] if "bbox" in ann else mask_utils.toBbox(rle)
-            table[i] = (label, bool(ann.get("iscrowd", 0)), int(mask_utils.area(rle)), (x, y, x + w, y + h),
+            x, y, w, h = ann["bbox"] if "bbox" in ann else masks.toBbox(rle)
+            table[i] = (label, bool(ann.get("iscrowd", 0)), int(masks.area(rle)), (x, y, x + w, y + h),
                         offset, offset + len(rle["counts"]))
             strings.append(rle["counts"])
             offset += len(rle["counts"])

@@ -14,13 +14,14 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from blendgen import readers
 from blendgen.classes import COCO, COCO_CLASSES, VOC, voc_palette
 from blendgen.readers import (
     COCOReader, DatasetError, FolderReader, ObjectInfo, VOCReader, open_reader, read_rgb,
 )
+
+mask_utils = pytest.importorskip("pycocotools.mask")  # COCO tests; every other layout needs no pycocotools
 
 
 # -- fixture writers ---------------------------------------------------------------------------
@@ -706,3 +707,17 @@ def test_folder_label_outside_class_set(folder_root):
 def test_open_reader_refuses_unknown_kinds_and_options(voc_root):
     assert_dataset_error(lambda: open_reader("cityscapes", voc_root), "cityscapes", "folder")
     assert_dataset_error(lambda: open_reader("voc", voc_root, cache_dir="x"), "cache_dir")
+
+
+def test_every_layout_but_coco_works_without_pycocotools(tmp_path):
+    # A machine without pycocotools (the GPU image) must still import the readers and the CLI,
+    # and COCO must fail there in one line.
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['pycocotools'] = None\n"
+            "import cli, blendgen.readers as r\n"
+            "try:\n    r.coco_masks()\nexcept r.DatasetError as e:\n    print(e)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "COCO: reading COCO annotations needs pycocotools (pip install pycocotools)"
