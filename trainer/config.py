@@ -91,7 +91,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     poly_power: float = 0.9
     warmup: int = 0  # optimizer steps of linear warm-up at the start of each stage (ours; 0 = none)
-    # -- stage 2: ℓ_PPA = log(ε + Σ ReLU(S_p)) per image (IJCV Eq. 5; ε ours, docs/trainer.md)
+    # -- stage 2: ℓ_PPA = log(ε + Σ ReLU(S_p)) per image (IJCV Eq. 5; ε ours, docs/experiments.md)
     ppa_eps: float = 1e-6
     grad_clip: float | None = None  # max global gradient norm per optimizer step; None = no clipping
     # -- evaluation on val during training: every eval_every optimizer steps and at each stage's end
