@@ -37,8 +37,13 @@ from trainer.model import ModelConfig, build_model  # noqa: E402
 from trainer.transforms import normalize, train_transform  # noqa: E402
 
 
-def plain_deeplab(backbone: str, num_classes: int) -> torch.nn.Module:
-    """torchvision's DeepLabv3, returning {"t": logits} so both models share the step code."""
+def plain_deeplab(backbone: str, num_classes: int, output_stride: int) -> torch.nn.Module:
+    """torchvision's DeepLabv3, returning {"t": logits} so both models share the step code.
+    torchvision has no DeepLabv3 for basic-block ResNets (resnet18/34) and fixes output stride
+    8: there the single-head variant of our network is the baseline (same encoder code)."""
+    if backbone in ("resnet18", "resnet34") or (backbone != "mobilenet_v3_large" and output_stride != 8):
+        return build_model(ModelConfig(num_classes=num_classes, backbone=backbone, output_stride=output_stride,
+                                       two_branch=False))
     make = getattr(torchvision.models.segmentation, f"deeplabv3_{backbone}")
     net = make(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
 
@@ -77,9 +82,8 @@ def bench_model_step(args, num_classes: int) -> dict:
     phantom = torch.randint(0, num_classes, (B, S, S))
     delta = torch.full((B,), 0.85)
     # Resnets in the papers run at output stride 8 or 16; torchvision's builder fixes 8.
-    ours = build_model(ModelConfig(num_classes=num_classes, backbone=args.backbone,
-                                   output_stride=16 if args.backbone == "mobilenet_v3_large" else 8))
-    plain = plain_deeplab(args.backbone, num_classes)
+    ours = build_model(ModelConfig(num_classes=num_classes, backbone=args.backbone, output_stride=args.output_stride))
+    plain = plain_deeplab(args.backbone, num_classes, args.output_stride)
     timers = {
         "source_separation": step_timer(ours, lambda o, y, z, d: stage1_loss(o, y, z, d), x, label, phantom, delta),
         "deeplabv3": step_timer(plain, lambda o, y, z, d: ce_loss(o, y), x, label, phantom, delta),
@@ -114,7 +118,7 @@ def bench_loader(args, shards: ShardDir, workers: int) -> float:
 def bench_training_wait(args, shards: ShardDir, num_classes: int, workers: int) -> dict:
     """A short real stage-1 loop: how long each step waited for its batch."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(num_classes=num_classes, backbone=args.backbone))
+    model = build_model(ModelConfig(num_classes=num_classes, backbone=args.backbone, output_stride=args.output_stride))
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     dataset = ShardStream(shards, train_transform(args.crop), args.batch_size, shuffle=True, drop_last=True)
     wait = busy = 0.0
@@ -140,6 +144,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shards", type=Path, default=Path("out"), help="blendgen output root (uses mixed/)")
     parser.add_argument("--backbone", default="mobilenet_v3_large")
+    parser.add_argument("--output-stride", type=int, default=None, help="default: 16 for mobilenet_v3_large, else 8")
     parser.add_argument("--crop", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per model")
@@ -149,11 +154,13 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=10)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_train.json")
     args = parser.parse_args()
+    if args.output_stride is None:
+        args.output_stride = 16 if args.backbone == "mobilenet_v3_large" else 8
     if args.threads:
         torch.set_num_threads(args.threads)
     shards = ShardDir.open(args.shards / "mixed")
     K = shards.classes.num_classes
-    setting = {"backbone": args.backbone, "crop": args.crop, "batch_size": args.batch_size,
+    setting = {"backbone": args.backbone, "output_stride": args.output_stride, "crop": args.crop, "batch_size": args.batch_size,
                "threads": torch.get_num_threads(), "classes": K}
     print(f"setting: {setting}")
 
