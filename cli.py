@@ -380,9 +380,11 @@ def _train_errors():
 @trainer.command("run")
 @click.option("--shards", type=click.Path(path_type=Path), required=True,
               help="blendgen output root holding mixed/ (stage 1), train/ (stage 2) and val/ (evaluation).")
-@click.option("--preset", type=click.Choice(["demo"]), default=None,
+@click.option("--preset", type=click.Choice(["demo", "bmvc-r101", "ijcv-r101", "ijcv-r50"]), default=None,
               help="Defaults for a setting; explicit options win. demo: the CPU recipe of docs/experiments.md "
-                   "(resnet18, AdamW, crop 128, 600 + 150 steps; about 9 minutes on 2 CPU cores).")
+                   "(resnet18, AdamW, crop 128, 600 + 150 steps; about 9 minutes on 2 CPU cores). bmvc-r101: "
+                   "ImageNet ResNet-101, crop 321, 30 + 30 epochs, full-image eval; ijcv-r101 / ijcv-r50: crop 513, "
+                   "513 centre-crop eval, 50 + 50 epochs (docs/methods.md).")
 @click.option("--backbone", type=click.Choice(["resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_large"]),
               default=None, help="DeepLabv3 encoder.  [default: resnet50]")
 @click.option("--output-stride", type=click.Choice(["8", "16"]), callback=lambda c, p, v: None if v is None else int(v),
@@ -393,10 +395,12 @@ def _train_errors():
 @click.option("--init", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Local state dict (or trainer checkpoint) loaded into the model before stage 1.")
 @click.option("--no-ssh", is_flag=True, help="No source separation head (the 'w/o SSH' ablation).")
-@click.option("--method", type=click.Choice(["sourcesep-cc", "sourcesep-cm", "deeplabv3", "mixup", "cutmix"]),
+@click.option("--method", type=click.Choice(["sourcesep-cc", "sourcesep-cm", "deeplabv3", "mixup", "cutmix",
+                                            "mixup-cm"]),
               default=None, help="sourcesep-cc: offline blends (SHARDS/mixed); sourcesep-cm: co-occurrence blending "
                                  "in each batch of SHARDS/train; deeplabv3, mixup, cutmix: single-head baselines, one "
-                                 "stage of iters1 + iters2 steps.  [default: sourcesep-cc]")
+                                 "stage of iters1 + iters2 steps; mixup-cm: Mixup paired by co-occurrence (IJCV "
+                                 "Table 10).  [default: sourcesep-cc]")
 @click.option("--mixed", type=click.Path(path_type=Path), default=None,
               help="Stage-1 shard directory of sourcesep-cc (e.g. one `blendgen mix --strategy random --dest` "
                    "wrote).  [default: SHARDS/mixed]")

@@ -151,12 +151,31 @@ def test_mixup_and_cutmix_batches_and_their_losses(shared_shards):
     assert loss.item() == pytest.approx(per_image_ce(logits, ref_label).mean().item())
 
 
+def test_mixup_cm_pairs_by_cooccurrence_and_trains_with_mixups_loss(shared_shards):
+    # IJCV Table 10: Algorithm 2's partner and blend (no γ rule), Mixup's single-head loss
+    x, batch = tiny_batch()
+    config = TrainConfig(shards=str(shared_shards), method="mixup-cm", alpha=0.4)
+    assert not config.two_branch and config.gamma is None
+    shards = ShardDir.open(stage_dir(config, 1))
+    mix = batch_mixer(config, 1, shards, torch.device("cpu"))
+    mixed, out = mix(x, batch, torch.Generator().manual_seed(5))
+    cooc = torch.as_tensor(shards.cooccurrence, dtype=torch.float64)
+    ref, dominant, phantom, lam = cooccurrence_mix(x, batch["label"], cooc, shards.manifest["object_ids"], 0.4,
+                                                   math.inf, torch.Generator().manual_seed(5))
+    assert torch.equal(mixed, to_pixels(ref)) and torch.equal(out["label"], dominant)
+    assert torch.equal(out["phantom"], phantom) and torch.equal(out["delta"], lam)
+    logits = torch.randn(6, 4, 12, 10)
+    loss, _ = criterion("mixup-cm", 1)({"t": logits}, out, IGNORE)
+    expected = (lam * per_image_ce(logits, dominant) + (1 - lam) * per_image_ce(logits, phantom)).mean()
+    assert loss.item() == pytest.approx(expected.item())
+
+
 def test_only_online_methods_mix_and_only_in_stage_1(shared_shards):
     train = ShardDir.open(shared_shards / "train")
     cpu = torch.device("cpu")
     for method in ("sourcesep-cc", "deeplabv3"):
         assert batch_mixer(TrainConfig(shards="o", method=method), 1, train, cpu) is None
-    for method in ("sourcesep-cm", "mixup", "cutmix"):
+    for method in ("sourcesep-cm", "mixup", "cutmix", "mixup-cm"):
         assert batch_mixer(TrainConfig(shards="o", method=method), 2, train, cpu) is None
         assert batch_mixer(TrainConfig(shards="o", method=method), 1, train, cpu) is not None
     assert criterion("sourcesep-cm", 2).__name__ == "stage2_criterion"

@@ -147,6 +147,8 @@ def test_run_command_rebuilds_the_same_config(tmp_path, monkeypatch):
                            optimizer="adamw", weight_decay=0.01, warmup=5, scale=(1.0, 1.0), grad_clip=2.0,
                            eval_every=7, iters1=3, iters2=2),
                TrainConfig(shards="/o", name="w", method="sourcesep-cc", ppa_eps=1.0, eval_every=0, iters1=3, iters2=2),
+               TrainConfig(shards="/o", name="v", method="deeplabv3", **PRESETS["ijcv-r101"]),
+               TrainConfig(shards="/o", name="u", method="sourcesep-cm", **{**PRESETS["bmvc-r101"], "epochs2": 3}),
                TrainConfig(shards="/o", name="y", method="sourcesep-cc", mixed="/o/mixed-r", ssh=False, denoise=False,
                            iters1=5, iters2=0, lr1=0.02, threads=1)]
     for config in configs:
@@ -155,6 +157,8 @@ def test_run_command_rebuilds_the_same_config(tmp_path, monkeypatch):
         result = CliRunner().invoke(trainer_cli, args[1:])
         assert result.exit_code == 0, result.output
         assert seen.pop() == config
+    by_name = {c.name: run_command(c) for c in configs}
+    assert "--preset ijcv-r101" in by_name["v"] and "--preset" not in by_name["u"]
 
 
 def test_report_of_a_real_tiny_run_with_fake_companions(shared_shards, tmp_path):

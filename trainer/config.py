@@ -28,9 +28,9 @@ from .model import BACKBONES, BACKBONE_WEIGHTS
 DEVICES = ("auto", "cpu", "cuda")
 # ``trainer run --method``: the papers' comparison (IJCV 2023 Table 1). The two SourceSep methods
 # train the two-branch network in two stages; the baselines are a plain single-head DeepLabv3.
-METHODS = ("sourcesep-cc", "sourcesep-cm", "deeplabv3", "mixup", "cutmix")
+METHODS = ("sourcesep-cc", "sourcesep-cm", "deeplabv3", "mixup", "cutmix", "mixup-cm")
 TWO_BRANCH_METHODS = ("sourcesep-cc", "sourcesep-cm")
-ALPHA_METHODS = ("sourcesep-cm", "mixup", "cutmix")  # the methods drawing a weight from Beta(α, α)
+ALPHA_METHODS = ("sourcesep-cm", "mixup", "cutmix", "mixup-cm")  # the methods drawing a weight from Beta(α, α)
 GAMMA_RULES = ("thres", "skip")  # IJCV Table 11: "γ-thres" (δ = 0.9 above γ) or no blend above γ
 # The papers give no α for Beta(α, α) and no default γ (ours): α = 1 (δ uniform, folded to
 # [0.5, 1] for the dominant) as CutMix uses; γ = 3, between Table 11's best values (3 for
@@ -52,6 +52,16 @@ PRESETS: dict[str, dict] = {
     "demo": {"backbone": "resnet18", "crop": 128, "scale": (1.0, 1.0), "batch_size": 8, "iters1": 600,
              "iters2": 150, "optimizer": "adamw", "weight_decay": 1e-2, "lr1": 1e-3, "lr2": 1e-4, "warmup": 30,
              "ppa_eps": 1.0, "eval_every": 150, "log_every": 10, "checkpoint_every": 50},
+    # The papers' recipes (the rest are TrainConfig's defaults, which are the papers': SGD,
+    # momentum 0.9, weight decay 5e-4, poly from 2.5e-4 / 2.5e-5). The papers say only "random
+    # cropping", so these presets do not rescale (our 0.5-2.0 default is off); output stride 16
+    # is ours (the papers give none). Commands and tables: docs/methods.md.
+    "bmvc-r101": {"backbone": "resnet101", "backbone_weights": "imagenet", "crop": 321, "scale": (1.0, 1.0),
+                  "epochs1": 30, "epochs2": 30},  # BMVC 2020 Sect. 4: full-image evaluation
+    "ijcv-r101": {"backbone": "resnet101", "backbone_weights": "imagenet", "crop": 513, "eval_crop": 513,
+                  "scale": (1.0, 1.0), "epochs1": 50, "epochs2": 50},  # IJCV 2023 Sect. 4: 513 centre crops
+    "ijcv-r50": {"backbone": "resnet50", "backbone_weights": "imagenet", "crop": 513, "eval_crop": 513,
+                 "scale": (1.0, 1.0), "epochs1": 50, "epochs2": 50},
 }
 
 

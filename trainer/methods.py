@@ -10,6 +10,7 @@
 | ``deeplabv3`` | single head | ``out/train``, CE | none |
 | ``mixup`` | single head | ``out/train``, Mixup (Zhang et al. 2018), λ·CE(y_a) + (1-λ)·CE(y_b) | none |
 | ``cutmix`` | single head | ``out/train``, CutMix (Yun et al. 2019), CE on the pasted label map | none |
+| ``mixup-cm`` | single head | ``out/train``, Mixup whose partner is the most co-occurring batch mate (IJCV Table 10), Mixup's loss | none |
 
 L1 and L2 are IJCV Eqs. 4-5 (:mod:`trainer.losses`). How long each stage is: ``TrainConfig.stage_budget``.
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from functools import partial
+from functools import partial, update_wrapper
 from pathlib import Path
 
 import numpy as np
@@ -81,8 +82,8 @@ def mixup_criterion(out: dict[str, Tensor], batch: dict, ignore_index: int) -> t
 
 def criterion(method: str, stage: int, ppa_eps: float = 1e-6) -> Criterion:
     if method in ("sourcesep-cc", "sourcesep-cm"):
-        return stage1_criterion if stage == 1 else partial(stage2_criterion, eps=ppa_eps)
-    return mixup_criterion if method == "mixup" else ce_criterion
+        return stage1_criterion if stage == 1 else update_wrapper(partial(stage2_criterion, eps=ppa_eps), stage2_criterion)
+    return mixup_criterion if method in ("mixup", "mixup-cm") else ce_criterion
 
 
 # -- mixing inside a batch ------------------------------------------------------------------------
@@ -132,6 +133,17 @@ def mix_cutmix(x: Tensor, batch: dict, g: torch.Generator, *, alpha: float) -> t
     return mixed, {**batch, "label": mixed_label}
 
 
+def mix_mixup_cooccurrence(x: Tensor, batch: dict, g: torch.Generator, *, cooc: Tensor, object_ids: Tensor,
+                           alpha: float, ignore_index: int) -> tuple[Tensor, dict]:
+    """IJCV Table 10's "Mixup + Co-occurrence": Algorithm 2's pairing (each sample with its most
+    co-occurring batch mate) and blend, then Mixup's single-head loss λ·CE(y_k) + (1-λ)·CE(y_m*).
+    No γ rule (ours: the table names none), and λ is Algorithm 2's, folded to the sample's side
+    (max(λ, 1-λ), as in SourceSep-CM)."""
+    mixed, dominant, phantom, lam = cooccurrence_mix(x, batch["label"], cooc, object_ids, alpha, math.inf, g,
+                                                     ignore_index)
+    return to_pixels(mixed), {**batch, "label": dominant, "phantom": phantom, "delta": lam}
+
+
 def batch_mixer(config: TrainConfig, stage: int, shards: ShardDir, device: torch.device) -> Mixer | None:
     """The online mixing of a stage, or None (offline blends, standard images, denoising)."""
     if stage != 1 or config.method in ("sourcesep-cc", "deeplabv3"):
@@ -142,8 +154,10 @@ def batch_mixer(config: TrainConfig, stage: int, shards: ShardDir, device: torch
         return partial(mix_cutmix, alpha=config.alpha)
     cooc = shards.cooccurrence  # IJCV Algorithm 1, computed by build-clusters, carried by every manifest
     if cooc is None:
-        raise ValueError(f"method: sourcesep-cm needs a co-occurrence matrix; {shards.path}/manifest.json has none")
-    ids = shards.manifest["object_ids"]
-    return partial(mix_cooccurrence, cooc=torch.as_tensor(cooc, dtype=torch.float64, device=device),
-                   object_ids=torch.as_tensor(ids, dtype=torch.long, device=device), alpha=config.alpha,
-                   gamma=config.gamma, rule=config.gamma_rule, ignore_index=shards.classes.ignore_index)
+        raise ValueError(f"method: {config.method} needs a co-occurrence matrix; {shards.path}/manifest.json has none")
+    pairing = dict(cooc=torch.as_tensor(cooc, dtype=torch.float64, device=device),
+                   object_ids=torch.as_tensor(shards.manifest["object_ids"], dtype=torch.long, device=device),
+                   alpha=config.alpha, ignore_index=shards.classes.ignore_index)
+    if config.method == "mixup-cm":
+        return partial(mix_mixup_cooccurrence, **pairing)
+    return partial(mix_cooccurrence, **pairing, gamma=config.gamma, rule=config.gamma_rule)

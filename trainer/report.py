@@ -61,8 +61,9 @@ METHOD_NAMES = {
     "cutmix": "DeepLabv3 + CutMix",
     "sourcesep-cc": "DeepLabv3 + SourceSep-CC",
     "sourcesep-cm": "DeepLabv3 + SourceSep-CM",
+    "mixup-cm": "DeepLabv3 + Mixup + Co-occurrence",
 }
-METHOD_ORDER = ("deeplabv3", "mixup", "cutmix", "sourcesep-cc", "sourcesep-cm")
+METHOD_ORDER = ("deeplabv3", "mixup", "cutmix", "sourcesep-cc", "sourcesep-cm", "mixup-cm")
 # BMVC Table 5a's names of blendgen mix's strategies.
 STRATEGY_NAMES = {"clustered": "C_fb", "random": "R_fb", "within": "Ca_fb", "random-fixed": "WR_fb", "half": "M_fb"}
 PAPER_DELTA = "0.7:1"  # BMVC 3.1: δ ~ U[0.7, 1], the default of blendgen mix
@@ -459,16 +460,17 @@ _FLAGS = {"ssh": "--no-ssh", "denoise": "--no-denoise", "progress": "--quiet"}  
 
 
 def run_command(config: TrainConfig) -> str:
-    """The ``trainer run`` command line of a config: ``--preset demo`` when it matches, then
+    """The ``trainer run`` command line of a config: ``--preset NAME`` when one matches, then
     every other field that differs from the method's defaults."""
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     resolved = TrainConfig(shards=config.shards, method=config.method)
     defaults.update({k: getattr(resolved, k) for k in ("alpha", "gamma", "gamma_rule")})  # the method's own
     args = ["trainer", "run", "--shards", config.shards]
-    preset = PRESETS["demo"]
-    uses_preset = all(getattr(config, k) == v for k, v in preset.items())
+    preset_name = next((n for n, p in PRESETS.items() if all(getattr(config, k) == v for k, v in p.items())), None)
+    preset = PRESETS.get(preset_name, {})
+    uses_preset = preset_name is not None
     if uses_preset:
-        args += ["--preset", "demo"]
+        args += ["--preset", preset_name]
     extra = []
     for name in defaults:
         value = getattr(config, name)
