@@ -406,8 +406,9 @@ def _train_errors():
                    "wrote).  [default: SHARDS/mixed]")
 @click.option("--no-denoise", is_flag=True, help="Stop after stage 1 and predict with S_ss (the 'w/o DN' ablation).")
 @click.option("--alpha", type=click.FloatRange(0), default=None,
-              help="Beta(α, α) of the mixing weight: sourcesep-cm's δ, mixup's and cutmix's λ; 0 = no mixing.  "
-                   "[default: 1]")
+              help="Beta(α, α) of the mixing weight: sourcesep-cm's δ, mixup's and cutmix's λ. 0: δ = λ = 1, no "
+                   "mixing, except that sourcesep-cm still blends pairs over γ at δ = 0.9 as Algorithm 2 prints "
+                   "(add --gamma inf for none).  [default: 1]")
 @click.option("--gamma", callback=_gamma_option, default=None, metavar="N|inf",
               help="sourcesep-cm: max unique categories of a blended pair (IJCV Table 11).  [default: 3]")
 @click.option("--gamma-rule", type=click.Choice(["thres", "skip"]), default=None,

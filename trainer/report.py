@@ -41,7 +41,6 @@ directory (``runs/NAME/*/*.json``, what ``trainer eval --out runs/NAME/...`` wri
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
@@ -53,6 +52,8 @@ from pathlib import Path
 
 from .config import DEFAULT_ALPHA, DEFAULT_GAMMA, PRESETS, TWO_BRANCH_METHODS, TrainConfig
 from .curves import draw_runs
+from .suites import report_tables
+from .tables import Table
 
 # The papers' names and row order (IJCV Table 1: baseline, Mixup, CutMix, then ours).
 METHOD_NAMES = {
@@ -218,36 +219,6 @@ def sorted_runs(runs: list[RunRecord]) -> list[RunRecord]:
 
 
 # -- tables ---------------------------------------------------------------------------------------
-@dataclass
-class Table:
-    """A table for the page (Markdown) and for a CSV; float cells are percentages."""
-
-    key: str  # the CSV's file name stem
-    title: str
-    columns: list[str]
-    rows: list[list]
-    note: str = ""
-
-    def markdown(self) -> str:
-        lines = [f"| {' | '.join(self.columns)} |", "|" + " --- |" * len(self.columns)]
-        lines += [f"| {' | '.join(_cell(v, 2) for v in row)} |" for row in self.rows]
-        return "\n".join(lines)
-
-    def write_csv(self, path: Path) -> None:
-        with open(path, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(self.columns)
-            writer.writerows([[_cell(v, 4) for v in row] for row in self.rows])
-
-
-def _cell(value, digits: int) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 TableBuilder = Callable[[list[RunRecord]], list[Table]]
 _BUILDERS: list[tuple[str, TableBuilder]] = []
 
@@ -429,8 +400,6 @@ def _separation(a: Spread, b: Spread) -> str:
 @table_builder("suite_format")
 def suite_tables(runs: list[RunRecord]) -> list[Table]:
     """The evaluation suites of ``trainer eval --suite`` (IJCV Tables 4-6, Fig. 5, blur); trainer.suites."""
-    from .suites import report_tables
-
     return report_tables(runs)
 
 

@@ -59,6 +59,7 @@ from .distributed import Dist, cleanup, init_distributed
 from .evaluate import (EvalConfig, PassResult, Subsets, eval_head, eval_loader, evaluate_pass, make_report,
                        model_from_checkpoint, report_dir, write_report)
 from .metrics import ConfusionMatrix
+from .tables import Table
 
 SUITES = ("overall", "complex", "context", "adversarial", "blur")
 ATTACKS = ("fgsm", "pgd")
@@ -430,16 +431,12 @@ def _pct(v: float | None) -> float | None:
 
 
 def overall_tables(runs: Runs) -> list:
-    from .report import Table
-
     rows = [[name, _pct(r["miou"]), _pct(r["pixel_acc"]), _pct(r["mean_acc"])] for name, r in runs]
     return [Table("suite_overall", "Overall", ["run", "mIoU", "pixel acc", "mean class acc"], rows)]
 
 
 def complex_tables(runs: Runs) -> list:
     """IJCV Table 4: the image count of each subset, then one mIoU row per run."""
-    from .report import Table
-
     names = [n for group in COMPLEX_GROUPS.values() for n in group]
     first = runs[0][1]
     rows = [["# of images", *(first["subsets"][n]["images"] for n in names), first["all"]["images"]]]
@@ -457,8 +454,6 @@ def complex_tables(runs: Runs) -> list:
 
 def context_tables(runs: Runs) -> list:
     """IJCV Table 5 (IoU of each class with person / alone) and Fig. 5's numbers."""
-    from .report import Table
-
     first = runs[0][1]
     person, pairs = first["person"], first["pairs"]
     classes = [p["class"] for p in pairs]
@@ -487,8 +482,6 @@ def context_tables(runs: Runs) -> list:
 
 def adversarial_tables(runs: Runs) -> list:
     """IJCV Table 6: mIoU clean and under each attack."""
-    from .report import Table
-
     def label(row: dict) -> str:
         if "linf" in row:
             return f"{row['name']} (L∞ {row['linf']:.3g})"
@@ -506,8 +499,6 @@ def adversarial_tables(runs: Runs) -> list:
 
 def blur_tables(runs: Runs) -> list:
     """mIoU against σ, the whole image blurred and the object pixels only."""
-    from .report import Table
-
     sigmas = runs[0][1]["sigmas"]
     rows = [[run, "whole image" if mode == "image" else "objects only",
              *(_pct(dict(zip(r["sigmas"], r[mode])).get(s)) for s in sigmas)]
