@@ -514,6 +514,11 @@ def run_(shards, preset, no_ssh, no_denoise, resume, quiet, **options):
               help="Evaluation suite(s) of the papers, repeatable (docs/evaluation.md); anything beyond "
                    "overall writes suites.json, suites.md and plots.")
 @click.option("--person", default="person", show_default=True, help="context: Table 5's anchor class.")
+@click.option("--partners", default=None, metavar="NAMES|derived",
+              callback=lambda c, p, v: None if v is None else tuple(n.strip() for n in v.split(",") if n.strip()),
+              help="context: Table 5's classes, comma-separated. Default: the paper's horse, motorbike, bicycle, "
+                   "bottle, car on VOC's classes, else (and with 'derived') the --top-k classes co-occurring most "
+                   "with --person in training.")
 @click.option("--top-k", type=click.IntRange(1), default=5, show_default=True,
               help="context: classes co-occurring most with --person.")
 @click.option("--thresholds", callback=lambda c, p, v: _number_list(v, int, "--thresholds"), default="50,40,30,20,10",

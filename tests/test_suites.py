@@ -59,6 +59,24 @@ def test_complex_subsets_are_table_4s():
     assert unknown_annotations(INFOS) == {"occlusion": 2, "instances": 1}
 
 
+def test_table5_partners_are_the_papers_five_on_voc_and_derived_elsewhere():
+    from blendgen.classes import VOC
+    from trainer.suites import table5_partners
+
+    voc_c = np.zeros((20, 20), np.int64)
+    person = VOC.names.index("person")
+    voc_c[person - 1, VOC.names.index("dog") - 1] = voc_c[VOC.names.index("dog") - 1, person - 1] = 99
+    paper = [VOC.names.index(n) for n in ("horse", "motorbike", "bicycle", "bottle", "car")]
+    assert table5_partners(voc_c, VOC, person, None, 5) == paper  # IJCV Table 5, whatever the counts say
+    assert table5_partners(voc_c, VOC, person, ("derived",), 5) == [VOC.names.index("dog")]
+    assert table5_partners(voc_c, VOC, person, ("cat", "dog"), 5) == [VOC.names.index("cat"), VOC.names.index("dog")]
+    assert table5_partners(C, CLASSES, PERSON, None, 3) == [HORSE, CAR, BOTTLE]  # not VOC's classes: derived
+    with pytest.raises(ValueError, match="no class named 'zebra'"):
+        table5_partners(voc_c, VOC, person, ("zebra",), 5)
+    with pytest.raises(ValueError, match="object classes other than 'person'"):
+        table5_partners(voc_c, VOC, person, ("person",), 5)
+
+
 def test_person_partners_are_the_top_cooccurring_classes_ties_by_id_zeros_left_out():
     assert person_partners(C, CLASSES, PERSON, 3) == [HORSE, CAR, BOTTLE]  # bottle and dog tie at 12
     assert person_partners(C, CLASSES, PERSON, 5) == [HORSE, CAR, BOTTLE, DOG]  # cat never met a person

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from blendgen.classes import ClassSet
+from blendgen.classes import VOC, ClassSet
 from blendgen.shards import ShardDir
 
 from . import checkpoint as ckpt_io
@@ -90,6 +90,9 @@ class SuiteConfig:
 
     suites: tuple[str, ...] = ("overall",)
     person: str = "person"  # Table 5's anchor class
+    # Table 5's classes: None = the paper's five on VOC's class set, else the top_k classes
+    # co-occurring most with ``person`` in training; ("derived",) = the latter on VOC too
+    partners: tuple[str, ...] | None = None
     top_k: int = 5  # Table 5: five classes
     thresholds: tuple[int, ...] = THRESHOLDS
     attacks: tuple[str, ...] = ATTACKS
@@ -197,6 +200,27 @@ def person_id(classes: ClassSet, person: str) -> int:
     return pid
 
 
+PAPER_PARTNERS = ("horse", "motorbike", "bicycle", "bottle", "car")  # IJCV Table 5's classes, on VOC
+
+
+def table5_partners(C: np.ndarray, classes: ClassSet, pid: int, partners: tuple[str, ...] | None,
+                    k: int) -> list[int]:
+    """Label ids of Table 5's classes: the ones named; by default the paper's five where the
+    class set is VOC's, the ``k`` most co-occurring with ``pid`` elsewhere (or when asked:
+    ``("derived",)``)."""
+    if partners == ("derived",) or (partners is None and list(classes.names) != list(VOC.names)):
+        return person_partners(C, classes, pid, k)
+    names = partners or PAPER_PARTNERS
+    unknown = [n for n in names if n not in classes.names]
+    if unknown:
+        raise ValueError(f"context suite: no class named {', '.join(map(repr, unknown))} in "
+                         f"{', '.join(classes.names)} (--partners)")
+    ids = [classes.names.index(n) for n in names]
+    if pid in ids or any(i not in classes.object_ids for i in ids):
+        raise ValueError(f"context suite: --partners must be object classes other than {classes.names[pid]!r}")
+    return ids
+
+
 def person_partners(C: np.ndarray, classes: ClassSet, pid: int, k: int) -> list[int]:
     """Label ids of the ``k`` classes that co-occur most with ``pid`` in training (Table 5:
     horse, motorbike, bicycle, bottle, car on VOC), most first, ties by id; never-seen pairs
@@ -277,7 +301,7 @@ def plan_subsets(infos: list[ImageInfo], suites: Sequence[str], config: SuiteCon
         classes = shards.classes
         C = training_cooccurrence(root, shards)
         pid = person_id(classes, config.person)
-        partners = person_partners(C, classes, pid, config.top_k)
+        partners = table5_partners(C, classes, pid, config.partners, config.top_k)
         subsets |= context_subsets(infos, pid, partners, classes.names)
         subsets |= rarity_subsets(infos, C, classes.object_ids, config.thresholds)
         facts = {"person": pid, "partners": partners,
