@@ -374,12 +374,18 @@ def validate(r: Run, s: Stage) -> None:
     redrawn. Touches no RNG the training draws from (the loader has its own generator) and no
     weight or BN statistic (eval mode), so a run validates without changing what it learns."""
     model = _unwrap(s.model)
-    heads = model_heads(model)
+    cms, seconds, _ = evaluate_val(r, model)
+    log_validation(r, s.position, cms, eval_head(model, s.number), seconds)
+
+
+def evaluate_val(r: Run, model: nn.Module, progress: bool = False) -> tuple[dict, float, ShardDir]:
+    """One pass over val/: a confusion matrix per head of the model, the seconds it took, the shards."""
     shards = ShardDir.open(Path(r.config.shards) / "val")
     loader = eval_loader(shards, r.config.eval_crop, r.config.eval_batch_size, r.config.workers, r.dist)
     start = time.perf_counter()
-    cms = evaluate_heads(model, loader, r.classes.num_classes, r.classes.ignore_index, r.dist, heads, r.amp_dtype)
-    log_validation(r, s.position, cms, eval_head(model, s.number), time.perf_counter() - start)
+    cms = evaluate_heads(model, loader, r.classes.num_classes, r.classes.ignore_index, r.dist, model_heads(model),
+                         r.amp_dtype, progress)
+    return cms, time.perf_counter() - start, shards
 
 
 def log_validation(r: Run, position: Position, cms: dict, head: str, seconds: float) -> None:
@@ -503,19 +509,13 @@ def final_evaluation(r: Run, model: nn.Module, position: Position | None) -> dic
     c = r.config
     stage = 2 if c.stage_budget(2)[1] > 0 else 1
     head = eval_head(model, stage)
-    shards = ShardDir.open(Path(c.shards) / "val")
-    loader = eval_loader(shards, c.eval_crop, c.eval_batch_size, c.workers, r.dist)
-    heads = model_heads(model)
-    start = time.perf_counter()
-    cms = evaluate_heads(model, loader, r.classes.num_classes, r.classes.ignore_index, r.dist, heads, r.amp_dtype,
-                         c.progress)
+    cms, seconds, shards = evaluate_val(r, model, c.progress)
     if position is not None:
-        log_validation(r, position, cms, head, time.perf_counter() - start)
+        log_validation(r, position, cms, head, seconds)
     report = make_report(cms[head], r.classes, split="val", run=str(r.dir), method=c.method, stage=stage, head=head,
                          dataset=dataset_identity(shards), samples=shards.num_samples, eval_crop=c.eval_crop,
-                         eval_time_s=round(time.perf_counter() - start, 2),
-                         total_time_s=round(time.perf_counter() - r.started, 2))
-    if len(heads) > 1:  # both of the two-branch network's predictions: S_t (ours) and S_ss (the paper's)
+                         eval_time_s=round(seconds, 2), total_time_s=round(time.perf_counter() - r.started, 2))
+    if len(cms) > 1:  # both of the two-branch network's predictions: S_t (ours) and S_ss (the paper's)
         report["by_head"] = {h: {k: v for k, v in make_report(cm, r.classes).items() if k != "pixels"}
                              for h, cm in cms.items()}
     if r.dist.is_main:
