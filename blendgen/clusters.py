@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .classes import ClassSet
-from .io import atomic_path, save_figure, write_json
+from .io import atomic_path, make_dir, save_figure, write_json
 from .readers import DatasetError, Reader, check_label_values, open_reader, read_label_histogram
 
 FORMAT_VERSION = 1
@@ -142,8 +142,7 @@ class ClusterIndex:
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, out: str | Path) -> None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        out = make_dir(out)
         with atomic_path(out / "clusters.npz") as tmp:
             np.savez(
                 tmp,
@@ -237,6 +236,7 @@ def scan_class_sets(reader: Reader, workers: int = 1, check_images: bool = True,
 
 def build_clusters(config: ClusterConfig, progress: bool = True) -> ClusterIndex:
     reader = open_reader(config.dataset, config.root, config.split, **config.reader_options)
+    make_dir(config.out)  # an unusable --out fails now, not after the scan
     ids = reader.ids()
     object_ids = reader.classes.object_ids
     column = np.full(256, -1, dtype=np.int64)

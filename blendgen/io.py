@@ -27,6 +27,17 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         raise
 
 
+def make_dir(path: str | Path, what: str = "out") -> Path:
+    """Create an output directory (and its parents), or fail in one line naming it, e.g. when
+    the path, or a folder above it, is an existing file."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"{what}: cannot make the directory {path} ({exc.strerror or exc})") from None
+    return path
+
+
 def write_json(path: str | Path, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")

@@ -230,12 +230,19 @@ def check_label_values(hist: np.ndarray, classes: ClassSet, path: Path) -> None:
 
 
 def read_id_list(path: Path) -> list[str]:
+    """The ids of an image-set list, one per line; an id listed twice is an error naming both
+    lines (it would give two samples one key in every shard made from the list)."""
     text = _read_text(path, "image-set list")
     # VOC's per-class lists hold "id flag"; the id is the first word.
-    ids = [line.split()[0] for line in text.splitlines() if line.strip()]
-    if not ids:
+    numbered = [(n, line.split()[0]) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not numbered:
         raise DatasetError(f"{path}: image-set list is empty")
-    return ids
+    first: dict[str, int] = {}
+    for n, image_id in numbered:
+        if image_id in first:
+            raise DatasetError(f"{path}: id {image_id!r} is listed twice (lines {first[image_id]} and {n})")
+        first[image_id] = n
+    return [image_id for _, image_id in numbered]
 
 
 def write_label_png(path: Path, label: np.ndarray) -> None:

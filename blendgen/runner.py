@@ -34,7 +34,7 @@ from typing import Callable, Iterator, Protocol
 import cv2
 from tqdm import tqdm
 
-from .io import write_json
+from .io import make_dir, write_json
 from .shards import (
     JPEG_CHROMA, MANIFEST, ShardError, ShardHeader, ShardWriter, check_complete_shard, manifest_dict,
     merge_manifests, merge_part_manifests, part_manifest_name, shard_name, temp_paths,
@@ -196,8 +196,7 @@ def write_shards(source: SampleSource, directory: str | Path, options: WriteOpti
                  desc: str = "writing") -> RunResult:
     """Write this part's shards of ``source`` into ``directory`` (resuming), then its manifest
     fragment, then ``manifest.json`` if every part is done. See the module docstring."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = make_dir(directory)
     num_shards = math.ceil(len(source) / options.shard_size)
     if num_shards == 0:
         raise ValueError("nothing to write: no samples")

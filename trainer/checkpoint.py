@@ -31,9 +31,44 @@ class CheckpointError(ValueError):
 
 
 def save(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
-    os.replace(tmp, path)
+    """Write ``path`` atomically. When the write fails (a full disk shows as OSError, or as
+    torch's RuntimeError from its zip writer), the temporary is removed and a one-line
+    CheckpointError names the checkpoint that is still good."""
+    tmp = temporary(path, os.getpid())
+    try:
+        torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        tmp.unlink(missing_ok=True)
+        kept = f"the last good checkpoint is {path}" if path.exists() else "no earlier checkpoint exists"
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path}: could not write the checkpoint ({reason}); {kept}") from None
+
+
+def temporary(path: Path, pid: int) -> Path:
+    return path.with_name(f".{path.name}.tmp-{pid}")
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete the half-written checkpoints of killed processes (``.NAME.tmp-PID`` whose process
+    is gone) in ``directory``; returns what was removed."""
+    removed = []
+    for tmp in directory.glob(".*.pt.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def load(path: str | Path) -> dict:
@@ -43,12 +78,23 @@ def load(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and unpickler errors all mean the same to a user
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({load_error(exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a trainer checkpoint (a bare state dict? use --init)")
     if ckpt.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint version {ckpt.get('version')} (this trainer reads {VERSION})")
     return ckpt
+
+
+def load_error(exc: BaseException) -> str:
+    """A short reason for a failed ``torch.load``: torch's own text runs to several lines and
+    advises ``weights_only=False``, which would execute whatever the file holds. Not that."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()
+        return f"not a PyTorch file of tensors: {detail[0].strip() if detail else 'unreadable'}"[:120]
+    first = (text.strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}"[:120] if first else type(exc).__name__
 
 
 def check_compatible(ckpt: dict, where: str, *, model_config: dict | None = None,

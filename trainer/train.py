@@ -37,6 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from blendgen.classes import ClassSet
+from blendgen.io import make_dir
 from blendgen.shards import ShardDir
 
 from . import checkpoint as ckpt_io
@@ -126,16 +127,21 @@ def start_run(config: TrainConfig, d: Dist) -> Run:
     run_dir = Path(config.out) / name
     if config.resume:
         check_resumable(config, run_dir)
+        if d.is_main:
+            for tmp in ckpt_io.remove_stale_temporaries(run_dir):
+                tqdm.write(f"removed {tmp}, a checkpoint a killed run left half-written", file=sys.stderr)
     elif (run_dir / "last.pt").exists():
         raise ValueError(f"name: {run_dir} already holds a run; pass --resume to continue it or choose another --name")
     classes = shard_classes(config)
     model_config = ModelConfig(num_classes=classes.num_classes, backbone=config.backbone, ssh=config.ssh,
                                two_branch=config.two_branch, backbone_weights=config.backbone_weights, init=config.init,
                                output_stride=config.output_stride)
+    if config.init is not None:
+        check_init(config.init, model_config)
     amp = config.amp if config.amp != "auto" else ("bf16" if d.device.type == "cuda" else "none")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
     if d.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(run_dir)
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     if d.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed crop sizes: pick the fastest kernels once
@@ -175,8 +181,6 @@ def shard_classes(config: TrainConfig) -> ClassSet:
 
 def prepare_model(r: Run) -> nn.Module:
     """Build the network (with --init weights), moved to the device in its memory format."""
-    if r.config.init is not None:
-        check_init(r.config.init, r.model_config)
     try:
         model = build_model(r.model_config)
     except OSError as exc:  # torch.hub's download of --backbone-weights imagenet
@@ -193,11 +197,19 @@ def prepare_model(r: Run) -> nn.Module:
 
 
 def check_init(path: str, model_config: ModelConfig) -> None:
-    """An --init file that is one of our checkpoints must be of the same architecture."""
+    """An --init file must hold a state dict; one of our checkpoints must be of the same
+    architecture. Checked before the run writes anything, so a bad file leaves nothing behind."""
     try:
         ckpt = ckpt_io.load(path)
-    except ckpt_io.CheckpointError:
-        return  # a bare state dict (e.g. torchvision's): load_init matches it key by key
+    except ckpt_io.CheckpointError:  # a bare state dict (e.g. torchvision's): load_init matches it key by key
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # random bytes, a text file, a pickle of other objects
+            raise ckpt_io.CheckpointError(f"init: {path} is not a state dict or checkpoint "
+                                          f"({ckpt_io.load_error(exc)})") from None
+        if not isinstance(obj, dict):
+            raise ckpt_io.CheckpointError(f"init: {path} holds a {type(obj).__name__}, not a state dict") from None
+        return
     ckpt_io.check_compatible(ckpt, f"init {path}", model_config={"backbone": model_config.backbone,
                                                                   "output_stride": model_config.output_stride})
 
