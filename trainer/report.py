@@ -318,7 +318,7 @@ def gamma_table(runs: list[RunRecord]) -> list[Table]:
 
 # -- several seeds of one setting ----------------------------------------------------------------
 # Config fields that do not change what a run computes, besides the seed a group varies.
-_NOT_SETTING = ("seed", "name", "out", "progress", "resume", "threads", "workers")
+_NOT_SETTING = ("seed", "name", "out", "progress", "resume", "threads")
 
 
 def seed_groups(runs: list[RunRecord]) -> list[list[RunRecord]]:
