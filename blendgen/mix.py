@@ -41,6 +41,7 @@ class MixConfig:
     pairs: int | None = None  # random, random-fixed, half: pairs per image (None: paper value)
     write: WriteOptions = WriteOptions()
     dest: Path | None = None
+    max_samples: int | None = None  # a seeded subsample of the plan (blendgen.plan.subsample_rows)
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -53,6 +54,8 @@ class MixConfig:
             raise ValueError(f"pairs: must be >= 1, got {self.pairs}")
         if self.pairs is not None and self.strategy not in ("random", "random-fixed", "half"):
             raise ValueError(f"pairs: only the random, random-fixed and half strategies take a pair count, not {self.strategy}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ValueError(f"max_samples: must be >= 1, got {self.max_samples}")
 
     @property
     def directory(self) -> Path:
@@ -142,6 +145,8 @@ def mix_header(index: ClusterIndex, config: MixConfig, plan: Plan) -> ShardHeade
         "plan_rows": len(plan),
         "plan_sha256": plan.fingerprint(index.ids),
     }
+    if plan.max_samples is not None:  # recorded only when asked for: whole-plan shards stay as they were
+        generation.update(max_samples=plan.max_samples, planned_rows=plan.planned)
     return ShardHeader(kind="mixed", classes=index.classes, split=index.source.get("split", "train"),
                        source=index.source, generation=json.loads(json.dumps(generation)),
                        image_codec="jpeg", image_quality=config.write.image_quality,
@@ -149,7 +154,7 @@ def mix_header(index: ClusterIndex, config: MixConfig, plan: Plan) -> ShardHeade
 
 
 def plan_for(index: ClusterIndex, config: MixConfig) -> Plan:
-    return make_plan(index.presence, config.strategy, config.delta, config.seed, config.pairs)
+    return make_plan(index.presence, config.strategy, config.delta, config.seed, config.pairs, config.max_samples)
 
 
 def mix(config: MixConfig, progress: bool = True) -> tuple[RunResult, Plan]:

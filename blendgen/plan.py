@@ -25,6 +25,11 @@ recomputed alone. Rows are emitted in groups sharing a dominant image (a decode 
 dominant serves the whole group) and the groups are put in one seeded random order, so any
 contiguous block of rows, i.e. a shard, is a sample of all category pairs rather than one
 cluster (ours: a streaming reader with a small shuffle buffer then still sees every pair).
+
+``max_samples`` (ours) keeps a seeded uniform subsample of the rows, in plan order, for
+datasets where C_fb is too large to write: when most images hold most classes every image
+is in most clusters and the plan has about N(N-1) rows per image. Every (k, j) pair keeps
+its share of the rows in expectation; pairs with very few rows may lose them all.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ HALF_PAIRS = 1  # (ours) M_fb gives no count; one pair per image of the blended 
 # Second entry of every generator seed: keeps the strategies' random streams apart.
 _STREAM = {name: i for i, name in enumerate(STRATEGIES)}
 _ORDER_STREAM = 100  # the stream of the group order
+_SUBSAMPLE_STREAM = 101  # the stream of --max-samples
 
 
 # -- δ ------------------------------------------------------------------------------------------
@@ -111,6 +117,8 @@ class Plan:
     seed: int
     pairs: int | None = None
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> pairs not generated
+    max_samples: int | None = None  # the subsample size asked for, None: the whole plan
+    planned: int | None = None  # rows of the whole plan, before subsampling
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -122,12 +130,15 @@ class Plan:
         return h.hexdigest()
 
     def summary(self) -> dict:
-        return {
+        summary = {
             "rows": len(self.rows),
             "blended": int((self.rows["phantom"] >= 0).sum()),
             "standard": int((self.rows["phantom"] < 0).sum()),
             "skipped": dict(self.skipped),
         }
+        if self.max_samples is not None:  # only then, so whole-plan manifests stay as they were
+            summary.update(max_samples=self.max_samples, planned_rows=self.planned)
+        return summary
 
 
 def row_key(row, ids) -> str:
@@ -142,8 +153,9 @@ def row_key(row, ids) -> str:
 
 
 def make_plan(presence: np.ndarray, strategy: str = "clustered", delta: DeltaSpec | None = None,
-              seed: int = 0, pairs: int | None = None) -> Plan:
-    """The plan of ``strategy`` over the images of ``presence`` ((n, N) bool, image x class)."""
+              seed: int = 0, pairs: int | None = None, max_samples: int | None = None) -> Plan:
+    """The plan of ``strategy`` over the images of ``presence`` ((n, N) bool, image x class),
+    cut to a seeded subsample of ``max_samples`` rows when it is longer."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if seed < 0:
@@ -154,6 +166,8 @@ def make_plan(presence: np.ndarray, strategy: str = "clustered", delta: DeltaSpe
     pairs = default_pairs(strategy) if pairs is None else pairs
     if pairs is not None and pairs < 1:
         raise ValueError(f"pairs: must be >= 1, got {pairs}")
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples: must be >= 1, got {max_samples}")
     presence = np.asarray(presence, dtype=bool)
     stream = _STREAM[strategy]
     if strategy == "clustered":
@@ -165,8 +179,12 @@ def make_plan(presence: np.ndarray, strategy: str = "clustered", delta: DeltaSpe
     else:
         rows, skipped = half_rows(len(presence), pairs, delta, seed, stream)
     rows = shuffle_groups(rows, seed)
+    planned = len(rows)
+    if max_samples is not None:
+        rows = subsample_rows(rows, max_samples, seed)
     return Plan(rows=rows, strategy=strategy, delta=delta, seed=seed,
-                pairs=pairs if strategy in ("random", "random-fixed", "half") else None, skipped=skipped)
+                pairs=pairs if strategy in ("random", "random-fixed", "half") else None, skipped=skipped,
+                max_samples=max_samples, planned=planned if max_samples is not None else None)
 
 
 # -- strategies ---------------------------------------------------------------------------------
@@ -283,6 +301,15 @@ def half_rows(n: int, pairs: int, delta: DeltaSpec, seed: int, stream: int):
 
 
 # -- order --------------------------------------------------------------------------------------
+def subsample_rows(rows: np.ndarray, max_samples: int, seed: int) -> np.ndarray:
+    """``max_samples`` rows drawn without replacement from a generator of its own seeded with
+    ``(seed, stream)``, kept in plan order (runs sharing a dominant stay together, and the
+    shuffled group order still mixes every block); all rows when there are not more."""
+    if len(rows) <= max_samples:
+        return rows
+    keep = np.random.default_rng([seed, _SUBSAMPLE_STREAM]).choice(len(rows), size=max_samples, replace=False)
+    return rows[np.sort(keep)]
+
 def shuffle_groups(rows: np.ndarray, seed: int) -> np.ndarray:
     """Put the runs of rows sharing (dominant, k) in one seeded random order, rows inside a
     run kept together: one decode of the dominant serves its run, and every block of rows
