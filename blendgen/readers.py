@@ -864,11 +864,20 @@ def _voc_aug(root: str | Path, split: str = "train") -> VOCReader:
     return VOCReader(root, split, aug=True)
 
 
+def _saliency(root: str | Path, split: str = "train", layout: str | None = None, images: str | None = None,
+              masks: str | None = None, pseudo_labels: str | None = None):
+    """Saliency datasets (DUTS, ECSSD, image + mask folders) with pseudo labels: blendgen.saliency."""
+    from .saliency import SaliencyReader  # that module imports this one
+
+    return SaliencyReader(root, split, layout=layout, images=images, masks=masks, pseudo_labels=pseudo_labels)
+
+
 READERS = {
     "voc": _voc,
     "voc-aug": _voc_aug,
     "coco": COCOReader,
     "folder": FolderReader,
+    "saliency": _saliency,
 }
 
 
