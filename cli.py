@@ -8,11 +8,24 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import click
 
 DATASET_KINDS = ["voc", "voc-aug", "coco", "folder"]
+_python_formatwarning = warnings.formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Dataset warnings (blendgen.readers.DatasetWarning) are for the person running the
+    command: one line on stderr, without the source location Python adds."""
+    if category.__name__ == "DatasetWarning":
+        return f"Warning: {message}\n"
+    return _python_formatwarning(message, category, filename, lineno, line)
+
+
+warnings.formatwarning = _format_warning
 
 
 def _fail(exc: Exception) -> None:
@@ -88,7 +101,8 @@ def synth(out, seed, num_train, num_val, min_size, max_size, object_scale, worke
               help="Layout of the source dataset.")
 @click.option("--root", type=click.Path(path_type=Path), required=True,
               help="Dataset root (the VOC2012 folder; the COCO folder; the images/masks folder).")
-@click.option("--split", default="train", show_default=True, help="Image set to read (train, val, train_aug, ...).")
+@click.option("--split", default="train", show_default=True,
+              help="Image set to read (train, val, train_aug, ...; all: every image of a folder without splits).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out"), show_default=True,
               help="Output directory (clusters.npz, dataset.json, CSVs, heat map).")
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
@@ -96,7 +110,8 @@ def synth(out, seed, num_train, num_val, min_size, max_size, object_scale, worke
 @click.option("--no-check-images", is_flag=True,
               help="Skip opening image headers (missing image / size mismatch checks).")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
-              help="Reader option, e.g. classes_file=names.txt (folder) or cache_dir=DIR (coco).")
+              help="Reader option, e.g. classes_file=classes.txt, background=0, list=splits/{split}.txt, "
+                   "label_map=cityscapes (voc, folder) or cache_dir=DIR (coco); docs/datasets.md.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def build_clusters(dataset, root, split, out, workers, no_check_images, options, quiet):
     """Class co-occurrence matrix (IJCV Algorithm 1) and one cluster per class.
@@ -126,7 +141,36 @@ def build_clusters(dataset, root, split, out, workers, no_check_images, options,
     click.echo("empty clusters: " + (", ".join(s["empty_clusters"]) or "none"))
     top = sorted(s["cluster_sizes"].items(), key=lambda kv: -kv[1])
     click.echo("largest clusters: " + ", ".join(f"{k} {v}" for k, v in top[:5]))
+    click.echo(_classes_per_image_line(s["classes_per_image"]))
+    expected = s["expected_mix"]
+    click.echo(f"mix (clustered) will write {expected['samples']} samples, about {_size(expected['bytes_estimate'])} "
+               f"({expected['samples_per_source_image']:g} per source image); "
+               f"blendgen mix --max-samples N writes a seeded subsample")
     click.echo(f"wrote {out}/clusters.npz, dataset.json, cooccurrence.csv, class_counts.csv, cooccurrence.png")
+
+
+def _size(num_bytes: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
+        if num_bytes >= scale:
+            return f"{num_bytes / scale:.1f} {unit}"
+    return f"{num_bytes / 1e3:.0f} kB"
+
+
+# SourceSep-CM's default γ (trainer.config): a pair with more object classes is blended at δ = 0.9.
+_DEFAULT_GAMMA = 3
+
+
+def _classes_per_image_line(histogram: list[int]) -> str:
+    """Object classes per image, and what that means for SourceSep-CM's γ threshold."""
+    counts = list(enumerate(histogram))
+    images = sum(histogram) or 1
+    median = next(c for c, _ in counts if sum(n for k, n in counts[: c + 1]) * 2 >= images) if sum(histogram) else 0
+    over = sum(n for c, n in counts if c > _DEFAULT_GAMMA) / images
+    line = f"object classes per image: median {median}, {over:.0%} of the images hold more than {_DEFAULT_GAMMA}"
+    if over >= 0.5:
+        line += (f" (SourceSep-CM's default --gamma {_DEFAULT_GAMMA} then blends almost every pair at delta 0.9; "
+                 f"docs/datasets.md)")
+    return line
 
 
 MIX_STRATEGIES = ["clustered", "random", "within", "random-fixed", "half"]  # blendgen.plan.STRATEGIES
@@ -199,8 +243,12 @@ def _report_run(result, what: str) -> None:
               help="Pairs per image for random / random-fixed / half (default 10 / 10 / 1).")
 @click.option("--dest", type=click.Path(path_type=Path), default=None,
               help="Write the shards here instead of OUT/mixed (e.g. one directory per ablation).")
+@click.option("--max-samples", type=click.IntRange(1), default=None,
+              help="Write a seeded random subsample of this many planned samples (same seed, same subsample; "
+                   "build-clusters prints the full plan's size).")
 @_shard_write_options
-def mix(out, strategy, delta, seed, pairs, dest, shard_size, workers, part, jpeg_quality, chroma, merge, quiet):
+def mix(out, strategy, delta, seed, pairs, dest, max_samples, shard_size, workers, part, jpeg_quality, chroma, merge,
+        quiet):
     """Blend image pairs into HDF5 shards (OUT/mixed) from the build-clusters output.
 
     With the clustered strategy every image of cluster k is blended with one random image of
@@ -212,12 +260,14 @@ def mix(out, strategy, delta, seed, pairs, dest, shard_size, workers, part, jpeg
     Example:
       blendgen mix --out out/ --delta 0.7:1.0 --workers 2
       blendgen mix --out out/ --part 1/2   # and --part 2/2 elsewhere
+      blendgen mix --out out/ --max-samples 20000   # a seeded subsample of a large plan
     """
     from blendgen.mix import MixConfig, merge as merge_run, mix as run
     from blendgen.runner import WriteOptions
 
     try:
         config = MixConfig(out=out, strategy=strategy, delta=delta, seed=seed, pairs=pairs, dest=dest,
+                           max_samples=max_samples,
                            write=WriteOptions(shard_size=shard_size, workers=workers, part=part,
                                               image_quality=jpeg_quality, image_chroma=chroma))
         if merge:
@@ -229,7 +279,8 @@ def mix(out, strategy, delta, seed, pairs, dest, shard_size, workers, part, jpeg
     except (ValueError, OSError) as exc:
         _fail(exc)
     skipped = ", ".join(f"{k} {v}" for k, v in plan.skipped.items() if v) or "none"
-    click.echo(f"plan: {len(plan)} samples ({plan.strategy}, delta {plan.delta}, seed {plan.seed}); "
+    planned = f", a seeded subsample of {plan.planned}" if plan.max_samples is not None else ""
+    click.echo(f"plan: {len(plan)} samples{planned} ({plan.strategy}, delta {plan.delta}, seed {plan.seed}); "
                f"skipped pairs: {skipped}")
     _report_run(result, "samples")
 
@@ -583,42 +634,56 @@ def _eval_suites(config, suites, options) -> None:
 @trainer.command("uap")
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="The surrogate model.")
 @click.option("--shards", type=click.Path(path_type=Path), default=None,
-              help="blendgen output root (mode data attacks the images of SHARDS/train).")
-@click.option("--mode", type=click.Choice(["data", "data-free"]), default="data", show_default=True,
-              help="data: projected sign-gradient ascent of the CE over training images; "
-                   "data-free: GD-UAP, maximise the encoder's activation norms for the perturbation alone.")
+              help="blendgen output root (the data modes use the images of SHARDS/train).")
+@click.option("--mode", type=click.Choice(["data", "no-data", "range-prior", "partial-data", "all-data", "data-free"]),
+              default="data", show_default=True,
+              help="data: sign-gradient ascent of the CE over training images (ours); GD-UAP (Adam on the "
+                   "encoder's activation norms, saturation rescaling): no-data = IJCV Table 6 R-No, partial-data "
+                   "= R-Part, all-data = R-All, range-prior = GD-UAP's Gaussian pseudo-images; data-free = no-data.")
 @click.option("--eps", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
               help="L∞ bound in pixel levels of [0, 255] (UAP / GD-UAP: 10).")
 @click.option("--size", type=click.IntRange(16), default=513, show_default=True,
               help="Side of the square perturbation (tiled over larger images).")
-@click.option("--iters", type=click.IntRange(1), default=200, show_default=True,
-              help="Optimisation steps (batches of training images in mode data).")
+@click.option("--iters", type=click.IntRange(1), default=None,
+              help="Optimisation steps.  [default: 200 in mode data, 2000 (at most) in the GD-UAP modes]")
 @click.option("--step-size", type=click.FloatRange(0, min_open=True), default=None,
               help="Signed step in pixel levels.  [default: eps / 10]")
-@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True, help="mode data: images per step.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.1, show_default=True,
+              help="GD-UAP modes: Adam's learning rate in pixel levels.")
+@click.option("--part", type=click.FloatRange(0, 1, min_open=True), default=0.268, show_default=True,
+              help="partial-data: share of the training images used, those with the least background.")
+@click.option("--val-images", type=click.IntRange(0), default=0, show_default=True,
+              help="GD-UAP modes: held-out images whose flip rate picks the best δ and stops the run (0: none).")
+@click.option("--val-split", default="train", show_default=True, help="Split of --shards for --val-images.")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True,
+              help="Images per step (data modes, range prior).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Start point and image order.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--workers", type=click.IntRange(0), default=2, show_default=True, help="Loader processes (mode data).")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="The .npy to write (H x W x 3 float32, pixel units, RGB); OUT.json beside it says how it was made.")
-def uap_(checkpoint, shards, mode, eps, size, iters, step_size, batch_size, seed, device, workers, out):
+def uap_(checkpoint, shards, mode, eps, size, iters, step_size, lr, part, val_images, val_split, batch_size, seed,
+         device, workers, out):
     """Make a universal adversarial perturbation on a surrogate model, for `trainer eval --uap`.
 
     \b
     Example:
-      trainer uap --checkpoint runs/deeplabv3/stage2.pt --shards out/ --mode data-free --eps 10 --out uap-free.npy
+      trainer uap --checkpoint runs/deeplabv3/stage1.pt --mode no-data --eps 10 --out uap-free.npy
       trainer eval --checkpoint runs/sourcesep-cm/stage2.pt --shards out/ --suite adversarial --uap uap-free.npy
     """
     from trainer.attacks import UapConfig, generate_uap
 
     try:
         config = UapConfig(checkpoint=str(checkpoint), shards=None if shards is None else str(shards), mode=mode,
-                           eps=eps, size=size, iters=iters, step_size=step_size, batch_size=batch_size, seed=seed,
+                           eps=eps, size=size, iters=iters, step_size=step_size, lr=lr, part=part,
+                           val_images=val_images, val_split=val_split, batch_size=batch_size, seed=seed,
                            device=device, workers=workers, out=str(out))
         path, meta = generate_uap(config)
     except ValueError as exc:
         _fail(exc)
-    click.echo(f"wrote {path} ({mode}, L∞ {meta['linf']:.3g}, {size}x{size}) and {path.with_suffix('.json')}")
+    rescales = f", {len(meta['rescales'])} rescales" if "rescales" in meta else ""
+    click.echo(f"wrote {path} ({meta['mode']}, L∞ {meta['linf']:.3g}, {size}x{size}{rescales}) and "
+               f"{path.with_suffix('.json')}")
 
 
 @trainer.command("report")

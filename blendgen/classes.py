@@ -102,5 +102,29 @@ class ClassSet:
         return json.dumps(self.to_json())
 
 
+# Cityscapes' 19 evaluation classes in train-id order, and the map from the ids its
+# ``*_gtFine_labelIds.png`` files hold to those train ids (the ``trainId`` column of the
+# dataset's label table, cityscapesscripts/helpers/labels.py); every other label id (void,
+# ground, rail track, guard rail, ...) is not evaluated and becomes 255.
+CITYSCAPES_CLASSES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
+    "bicycle",
+)
+CITYSCAPES_LABEL_TO_TRAIN_ID = {
+    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
+    26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
+}
+# ADE20K (SceneParsing, 150 classes) stores 0 = "other" and 1..150 = the classes; training
+# code drops 0 and shifts the rest down one ("reduce_zero_label"), so class c is id c-1.
+ADE20K_REDUCE_ZERO = {c: c - 1 for c in range(1, 151)}
+
+# Label id maps selectable by name (``--option label_map=NAME``): source id -> id used here,
+# every id not listed -> 255.
+NAMED_LABEL_MAPS = {
+    "cityscapes": CITYSCAPES_LABEL_TO_TRAIN_ID,
+    "ade20k-reduce-zero": ADE20K_REDUCE_ZERO,
+}
+
 VOC = ClassSet(names=VOC_CLASSES)
 COCO = ClassSet(names=("background",) + COCO_CLASSES)

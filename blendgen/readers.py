@@ -6,8 +6,12 @@ decoding pixels, and, where the dataset has them, per-object annotations (instan
 VOC ``occluded`` flags) that the papers' evaluation subsets need.
 
 Kinds (see :data:`READERS`): ``voc`` and ``voc-aug`` (PASCAL VOC 2012 and its SBD-augmented
-training set), ``coco`` (MS-COCO instance annotations, converted once to semantic label PNGs)
-and ``folder`` (a plain folder of images, id masks and a class-names file).
+training set, or any dataset in that layout with its own class list), ``coco`` (MS-COCO
+instance annotations, converted once to semantic label PNGs) and ``folder`` (a plain folder
+of images, id masks and a class-names file, with split folders or split lists). The VOC and
+folder readers take a label id map (``label_map=``) for datasets whose files hold other ids
+than the ones trained on (Cityscapes labelIds, ADE20K's 0 = "other"). docs/datasets.md has
+one command per dataset family.
 
 Readers hold only paths and small tables, so they pickle cheaply into worker processes.
 Bad input raises :class:`DatasetError` with one line naming the file and what is wrong.
@@ -31,7 +35,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .classes import COCO, COCO_CLASSES, VOC, ClassSet, voc_palette
+from .classes import COCO, COCO_CLASSES, IGNORE_INDEX, NAMED_LABEL_MAPS, VOC, VOC_CLASSES, ClassSet, voc_palette
 
 
 class DatasetError(ValueError):
@@ -61,6 +65,8 @@ class Reader:
 
     classes: ClassSet
     description: dict  # JSON-able: kind, root, split, ... recorded in every output
+    # (256,) uint8 lookup table applied to every label map as read (``label_map=``), or None
+    label_lut: np.ndarray | None = None
 
     def ids(self) -> list[str]:
         raise NotImplementedError
@@ -81,11 +87,21 @@ class Reader:
         return read_rgb(self.image_path(image_id))
 
     def read_label(self, image_id: str) -> np.ndarray:
-        """(H, W) uint8 class ids, values checked against the class set."""
+        """(H, W) uint8 class ids (after the label map, if any), checked against the class set."""
         path = self.label_path(image_id)
         label = read_label_png(path)
+        if self.label_lut is not None:
+            label = self.label_lut[label]
         check_label_values(np.bincount(label.ravel(), minlength=256), self.classes, path)
         return label
+
+    def label_histogram(self, image_id: str) -> tuple[np.ndarray, tuple[int, int]]:
+        """(256-bin histogram of the class ids, (H, W)), the label map applied to the counts
+        rather than to pixels; values are not checked here (see :func:`check_label_values`)."""
+        hist, size = read_label_histogram(self.label_path(image_id))
+        if self.label_lut is not None:
+            hist = np.bincount(self.label_lut, weights=hist, minlength=256).astype(np.int64)
+        return hist, size
 
     def image_size(self, image_id: str) -> tuple[int, int]:
         """(H, W) of the image, from its header only."""
@@ -271,15 +287,34 @@ class VOCReader(Reader):
 
     Files are checked when read, not when the reader opens (a stat per image of a 10k list
     on a network disk is slow): an id without its JPEG fails in ``read_image``.
+
+    Other datasets in this layout (a street-scene set with its own 11 classes, say) name
+    their classes with the folder reader's options: ``classes_file=`` (line i names id i-1),
+    ``background=``, ``palette_file=``, and ``label_map=`` (see :func:`label_map_table`).
+    Without ``classes_file`` the class set is VOC's 21 names, and a ``classes.txt`` in the
+    root that names other classes is refused: reading such a set as VOC would silently turn
+    its id 0 into "background" and its classes into aeroplane, bicycle, ...
     """
 
-    def __init__(self, root: str | Path, split: str = "train", aug: bool = False):
+    def __init__(self, root: str | Path, split: str = "train", aug: bool = False,
+                 classes_file: str | Path | None = None, background: str | None = None,
+                 palette_file: str | Path | None = None, label_map: str | None = None):
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: dataset root is not a directory")
         self.split = split
         self.aug = aug
-        self.classes = VOC
+        kind = "voc-aug" if aug else "voc"
+        palette_path = _palette_path(self.root, palette_file)
+        if classes_file is None and background is None and palette_path is None:
+            self.classes = VOC
+        elif classes_file is None:  # VOC's names with another background or palette
+            self.classes = _class_set(VOC_CLASSES, background, palette_path, self.root / "classes.txt")
+        else:
+            self.classes = _classes_from_file(self.root / classes_file, background, palette_path)
+        check_root_class_names(self.root, self.classes, None if classes_file is None else self.root / classes_file,
+                               kind)
+        self.label_lut = label_map_table(label_map, self.root, self.classes)
         self._label_dir = self.root / ("SegmentationClassAug" if aug else "SegmentationClass")
         list_name = "train_aug.txt" if aug and split == "train" else f"{split}.txt"
         self._list = self.root / "ImageSets" / "Segmentation" / list_name
@@ -287,11 +322,12 @@ class VOCReader(Reader):
             self._list = self.root / list_name  # some SBD-aug packages keep the list at the root
         self._ids = read_id_list(self._list)
         self.description = {
-            "kind": "voc-aug" if aug else "voc",
+            "kind": kind,
             "root": str(self.root.resolve()),
             "split": split,
             "list": str(self._list.resolve()),
-            "options": {},
+            "options": _given_options(classes_file=classes_file, background=background, palette_file=palette_file,
+                                      label_map=label_map),
         }
 
     def ids(self) -> list[str]:
@@ -701,51 +737,75 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 # -- a plain folder of images and id masks --------------------------------------------------
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SPLIT_LISTS = "splits"  # root/splits/{split}.txt: a flat folder's split lists by convention
+ALL_SPLIT = "all"  # --split all: every image of a flat folder that has no split lists
 
 
 class FolderReader(Reader):
-    """Images, id masks and a class-names file, as Cityscapes/ADE20K end up after conversion
-    to train ids: ``root/images/{split}/NAME.(jpg|png)``, ``root/masks/{split}/NAME.png``
-    (grayscale or palette PNG of uint8 ids) and ``root/classes.txt`` (line i names id i-1,
-    i.e. the first line is id 0).
+    """Images, id masks and a class-names file: ``root/images/{split}/NAME.(jpg|png)``,
+    ``root/masks/{split}/NAME.png`` (grayscale or palette PNG of uint8 ids) and
+    ``root/classes.txt`` (line i names id i-1, i.e. the first line is id 0).
 
-    If ``images/{split}`` does not exist but ``images`` holds image files itself, the
-    dataset has no splits: ``images/`` and ``masks/`` are used whatever ``split`` says.
-    Every image needs a mask and every mask an image; both are checked when the reader opens.
+    Subfolders are searched too (Cityscapes keeps one per city); an image's id is its path
+    below the image folder without the suffix (``aachen/aachen_000000_000019``).
+    Every image needs a mask and every mask an image, checked when the reader opens.
 
-    Options: ``images=``/``masks=`` subfolder names, ``classes_file=``, ``background=``
-    (comma-separated ids or names that are not object classes; default id 0 if it is named
-    "background", any case, else none), ``palette_file=`` (lines "r g b", line i = id i-1;
-    default ``root/palette.txt`` if present, else the VOC palette).
+    Which images form the split, in this order:
+
+    1. ``images/{split}/`` exists: the images in it (or those of ``list=``, if given).
+    2. ``images/`` holds the images itself (a flat folder): the ids of ``list=`` if given,
+       else of ``root/splits/{split}.txt`` if it exists, else every image but only for
+       ``split="all"``. Any other split is an error: reading all of them would turn test
+       images into training data without a word.
+
+    Options: ``images=``/``masks=`` subfolder names; ``image_suffix=``/``mask_suffix=`` the
+    end of the file names to pair (default any of .jpg/.jpeg/.png, and .png; Cityscapes:
+    ``_leftImg8bit.png`` and ``_gtFine_labelIds.png``); ``list=`` a file of ids, one per line
+    (``{split}`` in it stands for the split, so recorded options open other splits too; a
+    path without it must be named after the split, ``train.txt`` for ``--split train``);
+    ``classes_file=``; ``background=`` (comma-separated ids or names that are not object
+    classes; default id 0 if it is named "background", any case, else none);
+    ``palette_file=`` (lines "r g b", line i = id i-1; default ``root/palette.txt`` if
+    present, else the VOC palette); ``label_map=`` (see :func:`label_map_table`).
     """
 
     # Options default to None so that the description records only what was asked for.
     def __init__(self, root: str | Path, split: str = "train", images: str | None = None, masks: str | None = None,
                  classes_file: str | Path | None = None, background: str | None = None,
-                 palette_file: str | Path | None = None):
+                 palette_file: str | Path | None = None, id_list: str | Path | None = None,
+                 image_suffix: str | None = None, mask_suffix: str | None = None, label_map: str | None = None):
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: dataset root is not a directory")
         self.split = split
         names_path = self.root / (classes_file or "classes.txt")
-        self.classes = _folder_classes(names_path, background, self._palette_path(palette_file))
-        self.image_dir, self.mask_dir = self._split_dirs(images or "images", masks or "masks")
-        self._image_files, self._mask_files = _pair_files(self.image_dir, self.mask_dir)
-        self._ids = sorted(self._image_files)
+        self.classes = _classes_from_file(names_path, background, _palette_path(self.root, palette_file))
+        check_root_class_names(self.root, self.classes, names_path, "folder")
+        self.label_lut = label_map_table(label_map, self.root, self.classes)
+        self.image_dir, self.mask_dir, self.list_path = self._split_source(images or "images", masks or "masks",
+                                                                           id_list)
+        image_suffixes = (image_suffix,) if image_suffix else _IMAGE_SUFFIXES
+        mask_suffixes = (mask_suffix,) if mask_suffix else (".png",)
+        wanted = None if self.list_path is None else read_id_list(self.list_path)
+        self._image_files, self._mask_files = _pair_files(self.image_dir, self.mask_dir, image_suffixes,
+                                                          mask_suffixes, wanted, self.list_path)
+        self._ids = sorted(self._image_files) if wanted is None else wanted
         self.description = {
             "kind": "folder",
             "root": str(self.root.resolve()),
             "split": split,
             "images": str(self.image_dir.resolve()),
             "masks": str(self.mask_dir.resolve()),
+            "list": None if self.list_path is None else str(self.list_path.resolve()),
             "classes_file": str(names_path.resolve()),
-            "background": list(self.classes.background),
+            "background": [*self.classes.background],
             "options": _given_options(images=images, masks=masks, classes_file=classes_file,
-                                      background=background, palette_file=palette_file),
+                                      background=background, palette_file=palette_file, list=id_list,
+                                      image_suffix=image_suffix, mask_suffix=mask_suffix, label_map=label_map),
         }
 
     def ids(self) -> list[str]:
-        return list(self._ids)
+        return [*self._ids]
 
     def image_path(self, image_id: str) -> Path:
         return self.image_dir / self._image_files.get(image_id, f"{image_id}.jpg")
@@ -753,22 +813,43 @@ class FolderReader(Reader):
     def label_path(self, image_id: str) -> Path:
         return self.mask_dir / self._mask_files.get(image_id, f"{image_id}.png")
 
-    def _palette_path(self, palette_file: str | Path | None) -> Path | None:
-        if palette_file is not None:
-            return self.root / palette_file  # named explicitly: it must exist
-        default = self.root / "palette.txt"
-        return default if default.is_file() else None
-
-    def _split_dirs(self, images: str, masks: str) -> tuple[Path, Path]:
+    def _split_source(self, images: str, masks: str, id_list: str | Path | None) -> tuple[Path, Path, Path | None]:
+        """(image folder, mask folder, id list or None) of the split; see the class docstring."""
+        explicit_list = None if id_list is None else split_list_path(self.root, id_list, self.split)
         image_dir, mask_dir = self.root / images / self.split, self.root / masks / self.split
-        if not image_dir.is_dir():
-            flat = self.root / images
-            if not (flat.is_dir() and _list_files(flat, _IMAGE_SUFFIXES)):
-                raise DatasetError(f"{image_dir}: missing image folder (and {flat} holds no images)")
-            image_dir, mask_dir = flat, self.root / masks
+        flat, flat_masks = self.root / images, self.root / masks
+        if image_dir.is_dir():
+            list_path = explicit_list
+        elif flat.is_dir() and _list_files(flat, _IMAGE_SUFFIXES):
+            image_dir, mask_dir = flat, flat_masks
+            conventional = self.root / SPLIT_LISTS / f"{self.split}.txt"
+            list_path = explicit_list or (conventional if conventional.is_file() else None)
+            if list_path is None and self.split != ALL_SPLIT:
+                raise DatasetError(
+                    f"{flat}: the folders have no split named {self.split!r} (no {images}/{self.split}/, no "
+                    f"{SPLIT_LISTS}/{self.split}.txt); pass --split {ALL_SPLIT} to read every image, or "
+                    f"--option list=FILE with the split's ids")
+        else:
+            splits = sorted(p.name for p in flat.iterdir() if p.is_dir()) if flat.is_dir() else []
+            found = f"splits there: {', '.join(splits)}" if splits else f"and {flat} holds no images"
+            raise DatasetError(f"{image_dir}: missing image folder ({found})")
         if not mask_dir.is_dir():
             raise DatasetError(f"{mask_dir}: missing mask folder")
-        return image_dir, mask_dir
+        return image_dir, mask_dir, list_path
+
+
+def split_list_path(root: Path, id_list: str | Path, split: str) -> Path:
+    """The id list of ``split``: ``{split}`` in the option stands for the split name. A path
+    without it must be the list of this very split (its name is the split's), since mix and
+    pack reopen the dataset with the recorded option for other splits: a fixed
+    ``train.txt`` would quietly give ``pack --split val`` the training images."""
+    text = str(id_list)
+    path = root / text.replace("{split}", split)
+    if "{split}" not in text and path.stem != split:
+        raise DatasetError(f"{path}: an id list named {path.stem!r} given for split {split!r}; name the file after "
+                           f"the split, pass --split {path.stem}, or write the option as list=DIR/{{split}}.txt")
+    _require(path, "id list")
+    return path
 
 
 def _list_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
@@ -777,20 +858,46 @@ def _list_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
             if p.suffix.lower() in suffixes and not p.name.startswith(".") and p.is_file()]
 
 
-def _pair_files(image_dir: Path, mask_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """File names by stem for images and masks, checked to pair up one to one."""
-    images: dict[str, str] = {}
-    for path in sorted(_list_files(image_dir, _IMAGE_SUFFIXES)):
-        if path.stem in images:
-            raise DatasetError(f"{path}: second image named {path.stem!r} (also {images[path.stem]})")
-        images[path.stem] = path.name
+def _scan_files(folder: Path, suffixes: tuple[str, ...]) -> dict[str, list[str]]:
+    """Visible files below ``folder`` (subfolders included) whose names end with one of
+    ``suffixes`` (any case): id (relative path without the suffix, ``/``-separated) ->
+    relative paths, sorted. More than one path for an id is the caller's error to report."""
+    lowered = [s.lower() for s in suffixes]
+    found: dict[str, list[str]] = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = Path(dirpath).relative_to(folder)
+        for name in sorted(filenames):
+            lower = name.lower()
+            suffix = next((s for s in lowered if lower.endswith(s) and len(s) < len(name)), None)
+            if name.startswith(".") or suffix is None:
+                continue
+            rel = (rel_dir / name).as_posix()
+            found.setdefault(rel[: len(rel) - len(suffix)], []).append(rel)
+    return found
+
+
+def _pair_files(image_dir: Path, mask_dir: Path, image_suffixes: tuple[str, ...], mask_suffixes: tuple[str, ...],
+                wanted: list[str] | None = None, list_path: Path | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """Relative file names by id for images and masks: all of them checked to pair up one to
+    one, or, with ``wanted`` (the ids of ``list_path``), those ids checked to have both."""
+    images = _unique(_scan_files(image_dir, image_suffixes), image_dir, "image")
+    masks = _unique(_scan_files(mask_dir, mask_suffixes), mask_dir, "mask")
+    ends = "/".join(image_suffixes)
+    if wanted is not None:
+        no_image = [i for i in wanted if i not in images]
+        if no_image:
+            raise DatasetError(f"{list_path}: id {no_image[0]!r} has no image {ends} in {image_dir}"
+                               f"{_and_more(no_image, 'listed ids without images')}")
+        images = {i: images[i] for i in wanted}
     if not images:
-        raise DatasetError(f"{image_dir}: no images (.jpg, .jpeg, .png)")
-    masks = {path.stem: path.name for path in sorted(_list_files(mask_dir, (".png",)))}
+        raise DatasetError(f"{image_dir}: no images ({ends})")
     no_mask = sorted(set(images) - set(masks))
     if no_mask:
-        raise DatasetError(f"{image_dir / images[no_mask[0]]}: no mask {mask_dir / (no_mask[0] + '.png')}"
+        raise DatasetError(f"{image_dir / images[no_mask[0]]}: no mask {mask_dir / (no_mask[0] + mask_suffixes[0])}"
                            f"{_and_more(no_mask, 'images without masks')}")
+    if wanted is not None:
+        return images, {i: masks[i] for i in wanted}
     no_image = sorted(set(masks) - set(images))
     if no_image:
         raise DatasetError(f"{mask_dir / masks[no_image[0]]}: mask without an image in {image_dir}"
@@ -798,18 +905,111 @@ def _pair_files(image_dir: Path, mask_dir: Path) -> tuple[dict[str, str], dict[s
     return images, masks
 
 
+def _unique(found: dict[str, list[str]], folder: Path, what: str) -> dict[str, str]:
+    for file_id, paths in found.items():
+        if len(paths) > 1:
+            raise DatasetError(f"{folder / paths[1]}: second {what} named {file_id!r} (also {paths[0]})")
+    return {file_id: paths[0] for file_id, paths in found.items()}
+
+
 def _and_more(items: list, what: str) -> str:
     return f" (and {len(items) - 1} more {what})" if len(items) > 1 else ""
 
 
-def _folder_classes(names_path: Path, background: str | None, palette_path: Path | None) -> ClassSet:
-    names = tuple(_numbered_lines(names_path, "class-names file"))
+# -- class sets, label maps: shared by the VOC and folder readers -------------------------------
+class DatasetWarning(UserWarning):
+    """Something about the dataset a person should know that does not stop the reading; the
+    command line prints it as one line."""
+
+
+def _palette_path(root: Path, palette_file: str | Path | None) -> Path | None:
+    if palette_file is not None:
+        return root / palette_file  # named explicitly: it must exist
+    default = root / "palette.txt"
+    return default if default.is_file() else None
+
+
+def _classes_from_file(names_path: Path, background: str | None, palette_path: Path | None) -> ClassSet:
+    return _class_set(tuple(_numbered_lines(names_path, "class-names file")), background, palette_path, names_path)
+
+
+def _class_set(names: tuple[str, ...], background: str | None, palette_path: Path | None,
+               names_path: Path) -> ClassSet:
     background_ids = parse_background(background, names, names_path)
     palette = read_palette(palette_path) if palette_path is not None else None
     try:
         return ClassSet(names=names, background=background_ids, palette=palette)
     except ValueError as exc:  # duplicate names, more than 255 classes
         raise DatasetError(f"{names_path}: classes do not form a label space ({exc})") from None
+
+
+def check_root_class_names(root: Path, classes: ClassSet, in_use: Path | None, kind: str) -> None:
+    """Compare ``root/classes.txt`` with the class set in use (names, any case).
+
+    ``in_use`` is the names file the class set came from, None for a reader's built-in set.
+    A disagreeing file beside a built-in set is an error: the reader would be guessing, and
+    the guess (VOC's names for a street-scene set) is silently wrong. Beside a file the user
+    named it is a warning: they chose, but may have mixed up two files."""
+    path = root / "classes.txt"
+    if not path.is_file() or (in_use is not None and path.resolve() == in_use.resolve()):
+        return
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError):
+        return  # not ours to judge; the names in use come from elsewhere
+    if [n.lower() for n in names] == [n.lower() for n in classes.names]:
+        return
+    listed = f"{len(names)} classes ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+    if in_use is None:
+        raise DatasetError(f"{path}: names {listed} but --dataset {kind} reads the {classes.num_classes} "
+                           f"built-in classes; pass --option classes_file=classes.txt to use the file, "
+                           f"or move it away")
+    warnings.warn(f"{path}: names {listed}, not the {classes.num_classes} classes of {in_use} in use",
+                  DatasetWarning, stacklevel=3)
+
+
+def label_map_table(spec: str | None, root: Path, classes: ClassSet) -> np.ndarray | None:
+    """The (256,) uint8 lookup table of ``label_map=``: a name of
+    :data:`blendgen.classes.NAMED_LABEL_MAPS` (``cityscapes``: labelIds -> trainIds;
+    ``ade20k-reduce-zero``: 0 -> 255, c -> c-1) or a file (relative to ``root``) of lines
+    ``src dst``. Every id not listed becomes 255 (ignored). None: no map."""
+    if spec is None:
+        return None
+    if spec in NAMED_LABEL_MAPS:
+        pairs, where = NAMED_LABEL_MAPS[spec], f"label map {spec!r}"
+    else:
+        path = root / spec
+        if not path.is_file():
+            raise DatasetError(f"{path}: missing label map (a file of 'src dst' lines, or one of "
+                               f"{', '.join(NAMED_LABEL_MAPS)})")
+        pairs, where = read_label_map(path), str(path)
+    bad = sorted({dst for dst in pairs.values() if dst >= classes.num_classes and dst != classes.ignore_index})
+    if bad:
+        raise DatasetError(f"{where}: maps to ids {bad[:5]} outside the class set 0..{classes.num_classes - 1} "
+                           f"(and {classes.ignore_index} = ignore)")
+    table = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    for src, dst in pairs.items():
+        table[src] = dst
+    return table
+
+
+def read_label_map(path: Path) -> dict[int, int]:
+    """Lines ``src dst`` (ids 0..255; ``#`` starts a comment); a source listed twice is an error."""
+    pairs: dict[int, int] = {}
+    for n, raw in enumerate(_read_text(path, "label map").splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        values = line.replace(",", " ").split()
+        if len(values) != 2 or not all(re.fullmatch(r"\d+", v) and int(v) <= 255 for v in values):
+            raise DatasetError(f"{path}: line {n} is {raw.strip()!r}, expected two ids 0..255 \"src dst\"")
+        src, dst = int(values[0]), int(values[1])
+        if src in pairs:
+            raise DatasetError(f"{path}: line {n} maps id {src} a second time")
+        pairs[src] = dst
+    if not pairs:
+        raise DatasetError(f"{path}: label map is empty")
+    return pairs
 
 
 def parse_background(spec: str | list | tuple | None, names: tuple[str, ...], names_path: Path) -> tuple[int, ...]:
@@ -856,12 +1056,18 @@ def _given_options(**options) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items() if v is not None}
 
 
-def _voc(root: str | Path, split: str = "train") -> VOCReader:
-    return VOCReader(root, split, aug=False)
+def _voc(root: str | Path, split: str = "train", classes_file: str | Path | None = None,
+         background: str | None = None, palette_file: str | Path | None = None,
+         label_map: str | None = None) -> VOCReader:
+    return VOCReader(root, split, aug=False, classes_file=classes_file, background=background,
+                     palette_file=palette_file, label_map=label_map)
 
 
-def _voc_aug(root: str | Path, split: str = "train") -> VOCReader:
-    return VOCReader(root, split, aug=True)
+def _voc_aug(root: str | Path, split: str = "train", classes_file: str | Path | None = None,
+             background: str | None = None, palette_file: str | Path | None = None,
+             label_map: str | None = None) -> VOCReader:
+    return VOCReader(root, split, aug=True, classes_file=classes_file, background=background,
+                     palette_file=palette_file, label_map=label_map)
 
 
 def _saliency(root: str | Path, split: str = "train", layout: str | None = None, images: str | None = None,
@@ -881,10 +1087,16 @@ READERS = {
 }
 
 
+# Option names users type that are not Python parameter names: ``list=`` (as VOC's ImageSets
+# lists) is the folder reader's ``id_list`` parameter, which does not shadow the builtin.
+_OPTION_PARAMETERS = {"list": "id_list"}
+_OPTION_NAMES = {param: option for option, param in _OPTION_PARAMETERS.items()}
+
+
 def reader_options(kind: str) -> list[str]:
-    """The keyword options ``open_reader`` accepts for ``kind``."""
+    """The keyword options ``open_reader`` accepts for ``kind``, as users write them."""
     params = inspect.signature(READERS[kind]).parameters
-    return [name for name in params if name not in ("root", "split")]
+    return [_OPTION_NAMES.get(name, name) for name in params if name not in ("root", "split")]
 
 
 def open_reader(kind: str, root: str | Path, split: str = "train", **options) -> Reader:
@@ -896,4 +1108,4 @@ def open_reader(kind: str, root: str | Path, split: str = "train", **options) ->
     if unknown:
         accepted = ", ".join(reader_options(kind)) or "none"
         raise DatasetError(f"dataset kind {kind!r} takes no option {', '.join(unknown)} (options: {accepted})")
-    return READERS[kind](root, split, **options)
+    return READERS[kind](root, split, **{_OPTION_PARAMETERS.get(k, k): v for k, v in options.items()})

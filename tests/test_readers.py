@@ -454,11 +454,14 @@ def test_folder_reads_masks_and_classes(folder_root):
     assert reader.objects("a") is None
 
 
-def test_folder_flat_layout_without_split_folders(tmp_path):
-    reader = FolderReader(make_folder(tmp_path, split=None), "train")
+def test_folder_flat_layout_without_split_folders_reads_everything_only_for_split_all(tmp_path):
+    reader = FolderReader(make_folder(tmp_path, split=None), "all")
     assert reader.ids() == ["a", "b"]
     assert reader.image_dir == tmp_path / "images"
     np.testing.assert_array_equal(reader.read_label("a"), FOLDER_LABELS["a"])
+    message = assert_dataset_error(lambda: FolderReader(tmp_path, "train"), str(tmp_path / "images"),
+                                   "no split named 'train'", "--split all", "list=")
+    assert "splits/train.txt" in message
 
 
 @pytest.mark.parametrize("names, background, expected", [
