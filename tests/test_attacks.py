@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.attacks import (PixelModel, UapConfig, activation_objective, apply_universal, encoder_layers, fgsm,
-                             fit_perturbation, frozen, load_perturbation, normalize_pixels, pgd, pixel_ce,
-                             random_perturbation, save_perturbation, universal_data_free, universal_from_data)
+from trainer.attacks import (RANGE_STD, PixelModel, Saturation, UapConfig, activation_layers, activation_objective,
+                             apply_universal, fgsm, fit_perturbation, flip_rate, frozen, gd_uap, gduap_objective,
+                             load_perturbation, mean_pixels, normalize_pixels, pgd, pixel_ce, prior_images,
+                             random_perturbation, save_perturbation, universal_from_data)
 from trainer.metrics import ConfusionMatrix
 from trainer.transforms import normalize
 
@@ -177,21 +178,97 @@ def test_data_driven_uap_stays_within_eps_and_hurts(trained):
         assert miou(pm, apply_universal(x, delta), y) < miou(pm, x, y) - 0.02  # on images it never saw
 
 
-def test_data_free_uap_raises_the_activation_objective_within_eps(trained):
+def test_gd_uap_without_data_raises_the_objective_and_stays_within_xi(trained):
     pm, _ = trained
     start = random_perturbation(24, eps=10, seed=0, device=torch.device("cpu"))
-    layers = encoder_layers(pm.model)
-    assert len(layers) == 2  # the two ReLUs; bare convolutions are skipped
+    layers = activation_layers(pm.model)
+    assert len(layers) == 2  # the two ReLUs; convolutions are pre-activations
+    objective = gduap_objective(pm, layers, prior_images("no-data", 1, 24, torch.Generator(), None))
     with frozen(pm.model):
-        delta = universal_data_free(pm, start, eps=10, alpha=1.0, iters=10)
-        base = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1) * 255
-        before = activation_objective(pm, (base + start)[None], layers)
-        after = activation_objective(pm, (base + delta)[None], layers)
+        delta, log = gd_uap(objective, start, eps=10, iters=15, lr=0.5)
+        before, after = objective(start), objective(delta)
     assert delta.abs().max() <= 10 and after > before
+    assert log.iters == 15 and log.stopped == "iters"
+    # "no data": the objective sees δ alone, i.e. on the mean image
+    torch.testing.assert_close(objective(delta), activation_objective(pm, (mean_pixels() + delta)[None], layers))
+
+
+def test_saturation_rule_fires_when_over_half_is_at_the_bound_and_stops_changing():
+    rule = Saturation(eps=1.0)
+    delta = torch.tensor([1.0, -1.0, 1.0, 0.2])  # 75% at ±ξ
+    assert not rule.update(delta)  # from 0 to 0.75: still changing
+    assert rule.update(delta) and rule.value == 0.75  # unchanged and > 0.5: rescale
+    assert not Saturation(eps=1.0).update(torch.tensor([1.0, 0.0])) and not rule.update(delta / 2)
+    half = Saturation(eps=1.0)
+    half.update(torch.tensor([1.0, -1.0, 0.0, 0.0]))
+    assert not half.update(torch.tensor([1.0, -1.0, 0.0, 0.0]))  # exactly half is not more than half
+
+
+def test_gd_uap_halves_a_saturated_perturbation(trained):
+    pm, _ = trained
+    objective = gduap_objective(pm, activation_layers(pm.model), prior_images("no-data", 1, 8, torch.Generator(), None))
+    with frozen(pm.model):
+        # a small ξ and a large step: δ pins to the box within a few steps and the rule must fire
+        delta, log = gd_uap(objective, torch.zeros(3, 8, 8), eps=0.5, iters=40, lr=0.5)
+    assert log.rescales, "the saturation rule never fired"
+    assert all(sat > 0.5 for _, sat in log.rescales)
+    assert delta.abs().max() <= 0.5
+    first = log.rescales[0][0]
+    with frozen(pm.model):  # the same run stopped at the first rescale (deterministic): δ was halved
+        halved, _ = gd_uap(objective, torch.zeros(3, 8, 8), eps=0.5, iters=first, lr=0.5)
+    assert halved.abs().max() <= 0.25
+
+
+def test_gd_uap_keeps_the_best_validated_delta_and_stops_on_patience():
+    rates = iter([0.3, 0.5, 0.4, 0.2, 0.1])
+    seen = []
+
+    def validate(d):
+        seen.append(d.clone())
+        return next(rates)
+
+    objective = lambda d: (d * torch.arange(d.numel()).view(d.shape)).sum()  # noqa: E731  any smooth ascent
+    delta, log = gd_uap(objective, torch.zeros(3, 2, 2), eps=100, iters=100, lr=0.1, validate=validate,
+                        val_every=5, patience=3)
+    assert [s for s, _ in log.validations] == [5, 10, 15, 20, 25] and log.stopped == "patience"
+    assert log.best_step == 10 and torch.equal(delta, seen[1])
+
+
+def test_the_priors_use_no_images_noise_or_training_images():
+    g = torch.Generator().manual_seed(0)
+    assert prior_images("no-data", 4, 16, g, None)() is None
+    noise = prior_images("range-prior", 64, 16, g, None)()
+    assert noise.shape == (64, 3, 16, 16) and noise.min() >= 0 and noise.max() <= 255
+    torch.testing.assert_close(noise.mean((0, 2, 3)), mean_pixels().view(3), atol=1.5, rtol=0)
+    assert torch.allclose(noise.std((0, 2, 3)), torch.tensor(RANGE_STD), rtol=0.1)
+
+    class Pool:
+        def batch(self, n):
+            return torch.full((n, 3, 16, 16), 7, dtype=torch.uint8)
+
+    assert torch.equal(prior_images("all-data", 2, 16, g, Pool())(), Pool().batch(2))
+    with pytest.raises(ValueError, match="needs training images"):
+        prior_images("partial-data", 2, 16, g, None)
+
+
+def test_flip_rate_counts_the_pixels_whose_prediction_changes():
+    class Red:  # predicts class 1 where red > 100, else 0
+        def __call__(self, x):
+            r = x.float()[:, :1]
+            return torch.cat([100 - r, r - 100], 1)
+
+    x = torch.zeros(1, 3, 2, 2, dtype=torch.uint8)
+    x[0, 0] = torch.tensor([[95, 99], [50, 120]], dtype=torch.uint8)
+    delta = torch.full((3, 2, 2), 3.0)  # 95 -> 98 stays, 99 -> 102 flips, 50 stays, 120 stays
+    assert flip_rate(Red(), [x], delta) == pytest.approx(1 / 4)
 
 
 def test_uap_config_names_bad_fields():
     for bad, field in [(dict(mode="partial"), "mode"), (dict(eps=-1), "eps"), (dict(out="uap.png"), "out"),
-                       (dict(mode="data", shards=None), "shards"), (dict(size=4), "size")]:
+                       (dict(mode="data", shards=None), "shards"), (dict(size=4), "size"),
+                       (dict(mode="partial-data", shards=None), "shards"), (dict(part=0), "part"),
+                       (dict(mode="no-data", shards=None, val_images=4), "shards"), (dict(lr=0), "lr")]:
         with pytest.raises(ValueError, match=f"^{field}:"):
             UapConfig(**{"checkpoint": "c.pt", "out": "u.npy", "shards": "out", **bad})
+    assert UapConfig(checkpoint="c.pt", out="u.npy", mode="data-free").mode == "no-data"  # the old name
+    assert UapConfig(checkpoint="c.pt", out="u.npy", mode="no-data").iters == 2000

@@ -234,7 +234,10 @@ def test_trainer_uap_then_eval_all_suites_writes_tables_and_plots(tmp_path):
     assert suites["blur"]["image"][0] == suites["overall"]["miou"] == suites["adversarial"]["results"][0]["miou"]
     markdown = (out / "suites.md").read_text()
     assert "| # of images | 4 | 2 | 1 | 2 | 1 | 1 | 2 | 1 | 1 | 8 |" in markdown
-    assert "horse & person" in markdown and "UAP free (L∞ 10)" in markdown
+    assert "horse & person" in markdown and "UAP free (R-No, L∞ 10)" in markdown  # made by data-free = no-data
+    assert "## Fooling rate under each attack" in markdown
+    for row in suites["adversarial"]["results"][1:]:  # the attacks' fooling rate: 1 - mIoU against the clean
+        assert row["fooling_rate"] == pytest.approx(1 - row["miou_vs_clean"]) and 0 <= row["fooling_rate"] <= 1
     assert (out / "blur.png").stat().st_size > 0 and (out / "context-rarity.png").stat().st_size > 0
 
 
@@ -306,3 +309,49 @@ def test_trainer_report_puts_suite_tables_of_runs_side_by_side(tmp_path):
     assert "| DeepLabv3 | 40.00 | 20.00 |" in page and "| DeepLabv3 + SourceSep-CM | 50.00 | 25.00 |" in page
     assert (tmp_path / "rep" / "suite_adversarial.csv").read_text().startswith("run,clean,FGSM ε=8")
     assert "| DeepLabv3 + SourceSep-CM | objects only | 50.00 | 25.00 |" in page
+
+
+def test_fooling_rate_is_one_minus_the_miou_against_the_clean_prediction():
+    """A hand-computed case: 4 pixels, one ignored; the perturbation moves pixel 1 from class 1 to 2."""
+    from trainer.suites import fooling
+
+    def predict(x):  # class = red // 64, one-hot logits over 7 classes
+        return torch.nn.functional.one_hot((x[:, 0].long() // 64).clamp(max=6), 7).permute(0, 3, 1, 2).float()
+
+    image = torch.zeros(1, 3, 1, 4, dtype=torch.uint8)
+    image[0, 0, 0] = torch.tensor([10, 70, 130, 200], dtype=torch.uint8)  # clean prediction 0, 1, 2, 3
+    batch = {"image": image, "label": torch.tensor([[[0, 1, 2, 255]]]), "key": ["x"]}
+
+    def perturb(x, y):
+        x = x.float()
+        x[0, 0, 0, 1] += 64  # -> class 2
+        return x
+
+    d = Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    result = fooling(evaluate_pass(predict, [batch], 7, 255, d, perturb=perturb, against_clean=True))
+    # labelled pixels: clean 0, 1, 2 -> attacked 0, 2, 2: IoU 1, 0, 1/2 (the ignored pixel, 3 -> 3, left out)
+    assert result["miou_vs_clean"] == pytest.approx(0.5) and result["fooling_rate"] == pytest.approx(0.5)
+    assert result["miou"] == pytest.approx(0.5)  # against the labels 0, 1, 2 as well
+    assert evaluate_pass(predict, [batch], 7, 255, d, perturb=perturb).agreement is None  # only when asked
+
+
+def test_gd_uap_modes_differ_in_the_images_they_use(tmp_path):
+    from trainer.attacks import GDUAP_MODES, UapConfig, generate_uap, least_background
+
+    root = write_val(tmp_path / "out")
+    shards = ShardDir.open(root / "val")
+    reader = shards.readers()[0]
+    picked = [reader.read(i).key for _, i in least_background(shards, 0.25)]
+    assert picked == ["e", "f"]  # four and three object stripes: the least background of the eight
+    ckpt = str(tiny_checkpoint(tmp_path / "stage2.pt"))
+    images = {}
+    for mode in GDUAP_MODES:
+        config = UapConfig(checkpoint=ckpt, shards=str(root), split="val", mode=mode, eps=8, size=16, iters=3,
+                           part=0.25, batch_size=2, device="cpu", out=str(tmp_path / f"{mode}.npy"),
+                           val_images=2 if mode == "all-data" else 0, val_split="val")
+        path, meta = generate_uap(config)
+        assert np.abs(np.load(path)).max() <= 8 and meta["optimizer"] == "adam" and meta["steps"] == 3
+        images[mode] = meta.get("images")
+    assert images == {"no-data": None, "range-prior": None, "partial-data": 2, "all-data": 8}
+    made = json.loads((tmp_path / "all-data.json").read_text())
+    assert made["val_images"] == 2 and [step for step, _ in made["validations"]] == [3]  # the end of a short run

@@ -1,7 +1,7 @@
 """Adversarial perturbations in pixel units: white-box FGSM and PGD, universal perturbations.
 
     trainer eval --checkpoint runs/demo/stage2.pt --shards out/ --suite adversarial --eps 8 --pgd-steps 10
-    trainer uap --checkpoint runs/a/stage2.pt --shards out/ --mode data-free --eps 10 --out uap.npy
+    trainer uap --checkpoint runs/a/stage2.pt --shards out/ --mode all-data --eps 10 --out uap.npy
     trainer eval --checkpoint runs/b/stage2.pt --shards out/ --suite adversarial --uap uap.npy
 
 Every attack works on float images of pixel values in [0, 255] *before* the ImageNet
@@ -19,24 +19,27 @@ units, RGB, like the public UAP (Moosavi-Dezfooli et al. 2017) and GD-UAP (Mopur
 releases, so a perturbation made on one (surrogate) model attacks any other (grey/black box, as
 in the papers). It meets an image of another size by *tiling* (ours, the default): repeated
 from the top-left corner and cut to H x W, which keeps its pixel-scale pattern and its L∞ norm;
-``resize`` (bilinear) is the alternative. Two generators:
+``resize`` (bilinear) is the alternative. The generators (``trainer uap --mode``):
 
 - ``data``: projected stochastic sign-gradient ascent of the cross-entropy over batches of
   training images (ours: the iterative, projected-to-ε scheme of stochastic-gradient UAPs,
   not UAP's DeepFool inner loop, which has no natural dense-prediction form);
-- ``data-free``: GD-UAP's objective without data, maximise Σ_l log ||f_l(δ)||_2 over the encoder's
-  layers (the product of activation norms) for the perturbation fed alone, i.e. on the mean
-  image, whose normalised input is δ itself; optimised by projected sign-gradient ascent (ours;
-  GD-UAP uses Adam with a saturation-driven rescaling).
+- GD-UAP (Mopuri et al., TPAMI 2018), IJCV Table 6's three settings and GD-UAP's range prior:
+  maximise Σ_l log ||f_l(x + δ)||_2 over every activation of the encoder (the log of the product
+  of activation norms) with Adam, δ clipped to [-ξ, ξ] after each step and halved when it
+  saturates (:class:`Saturation`), optionally stopped by the flip rate on held-out images.
+  x is nothing (``no-data``, R-No: δ alone, on the mean image), Gaussian pseudo-images
+  (``range-prior``), training images with the least background (``partial-data``, R-Part) or
+  all training images (``all-data``, R-All). ``data-free`` is the old name of ``no-data``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +51,6 @@ from .model import prediction
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 FIT_MODES = ("tile", "resize")
-UAP_MODES = ("data", "data-free")
 
 
 # -- the model as an attack sees it -------------------------------------------------------------
@@ -208,18 +210,36 @@ def save_perturbation(path: str | Path, delta: Tensor, meta: dict | None = None)
 
 
 # -- universal perturbations: generating -------------------------------------------------------
+# GD-UAP's settings (Mopuri et al., TPAMI 2018, and its segmentation release) as IJCV Table 6 names
+# them; "range-prior" is GD-UAP's third prior, which Table 6 does not report (docs/evaluation.md).
+GDUAP_MODES = ("no-data", "range-prior", "partial-data", "all-data")
+UAP_MODES = ("data", *GDUAP_MODES)
+MODE_ALIASES = {"data-free": "no-data"}  # the earlier name of GD-UAP without data
+TABLE6_NAMES = {"no-data": "R-No", "partial-data": "R-Part", "all-data": "R-All", "range-prior": "range prior"}
+# GD-UAP's partial list for VOC holds 2,840 of the 10,582 VOC-aug training images ("data with less
+# background"), 26.8%: the default share of ``partial-data``.
+PARTIAL_SHARE = 0.268
+# GD-UAP's range prior: Gaussian pseudo-images around the mean colour with these standard
+# deviations (its release: 52, 58, 62 for B, G, R), so ~95% of the samples lie in [0, 255].
+RANGE_STD = (62.0, 58.0, 52.0)  # R, G, B
+
+
 @dataclass(frozen=True)
 class UapConfig:
     """``trainer uap``: one universal perturbation made on a surrogate checkpoint."""
 
     checkpoint: str
     out: str  # .npy path
-    shards: str | None = None  # needed by mode "data" (images of SHARDS/train)
+    shards: str | None = None  # the training images of the data modes, and the validation images
     mode: str = "data"
     eps: float = 10.0  # ξ = 10 on [0, 255], the UAP / GD-UAP setting of IJCV Table 6
     size: int = 513  # the perturbation's side; 513 covers a VOC image (IJCV evaluation crop)
-    iters: int = 200  # optimisation steps (batches of images in mode "data")
-    step_size: float | None = None  # default ε / 10
+    iters: int | None = None  # optimisation steps; None = 200 (mode data) or 2000 (GD-UAP modes)
+    step_size: float | None = None  # mode data's signed step; default ε / 10
+    lr: float = 0.1  # GD-UAP modes: Adam's learning rate, in pixel levels (GD-UAP's)
+    part: float = PARTIAL_SHARE  # partial-data: the share of the training images it may use
+    val_images: int = 0  # GD-UAP modes: held-out images for the stopping rule; 0 = run all iters
+    val_split: str = "train"  # where those images come from (they are never the training batch)
     batch_size: int = 8
     split: str = "train"
     fit: str = "tile"
@@ -229,18 +249,29 @@ class UapConfig:
     head: str = "auto"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", MODE_ALIASES.get(self.mode, self.mode))
         if self.mode not in UAP_MODES:
             raise ValueError(f"mode: expected one of {UAP_MODES}, got {self.mode!r}")
-        if self.mode == "data" and not self.shards:
-            raise ValueError("shards: mode 'data' needs the shard root whose train/ images it attacks")
+        if self.uses_data and not self.shards:
+            raise ValueError(f"shards: mode {self.mode!r} needs the shard root whose {self.split}/ images it uses")
+        if self.val_images and not self.shards:
+            raise ValueError("shards: --val-images needs the shard root its validation images come from")
         _check_eps(self.eps)
         if self.size < 16:
             raise ValueError(f"size: expected >= 16, got {self.size}")
+        if self.iters is None:
+            object.__setattr__(self, "iters", 200 if self.mode == "data" else 2000)
         for name in ("iters", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
+        if self.val_images < 0:
+            raise ValueError(f"val_images: expected >= 0, got {self.val_images}")
         if self.step_size is not None and not self.step_size > 0:
             raise ValueError(f"step_size: expected > 0, got {self.step_size}")
+        if not self.lr > 0:
+            raise ValueError(f"lr: expected > 0, got {self.lr}")
+        if not 0 < self.part <= 1:
+            raise ValueError(f"part: expected a share in (0, 1], got {self.part}")
         if self.fit not in FIT_MODES:
             raise ValueError(f"fit: expected one of {FIT_MODES}, got {self.fit!r}")
         if not self.out.endswith(".npy"):
@@ -249,6 +280,11 @@ class UapConfig:
     @property
     def alpha(self) -> float:
         return self.eps / 10 if self.step_size is None else self.step_size
+
+    @property
+    def uses_data(self) -> bool:
+        """Whether the optimisation itself sees training images (not only the stopping rule)."""
+        return self.mode in ("data", "partial-data", "all-data")
 
 
 def random_perturbation(size: int, eps: float, seed: int, device: torch.device) -> Tensor:
@@ -259,7 +295,7 @@ def random_perturbation(size: int, eps: float, seed: int, device: torch.device) 
 
 def universal_from_data(pm: PixelModel, batches: Iterable[tuple[Tensor, Tensor]], delta: Tensor, eps: float,
                         alpha: float, iters: int, ignore_index: int = 255, fit: str = "tile") -> Tensor:
-    """Data-driven UAP: for each batch (x uint8 (B, 3, H, W), label (B, H, W)) of training
+    """Data-driven UAP (ours): for each batch (x uint8 (B, 3, H, W), label (B, H, W)) of training
     images, one signed ascent step of the summed CE of every image carrying the *same* δ, then
     projection to [-ε, ε]. Cycles through ``batches`` until ``iters`` steps are taken."""
     delta = delta.detach().clone()
@@ -281,52 +317,223 @@ def universal_from_data(pm: PixelModel, batches: Iterable[tuple[Tensor, Tensor]]
     return delta
 
 
-def encoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The layers whose activations GD-UAP excites: every top-level stage of f_enc (ResNet: the
-    stem's ReLU and max-pool, layer1-4; MobileNetV3: its 17 feature blocks). A bare convolution
-    or BatchNorm is skipped: its output is a pre-activation, which the next ReLU overwrites in place."""
-    skip = (nn.Conv2d, nn.BatchNorm2d)
-    layers = [m for m in model.backbone.children() if not isinstance(m, skip)]
+# -- GD-UAP ---------------------------------------------------------------------------------------
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardswish)
+
+
+def activation_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers whose outputs GD-UAP excites: every activation module of f_enc (its release
+    hooks every ReLU of DeepLab-ResNet). A module applied several times (torchvision's
+    Bottleneck calls its one ReLU three times) is hooked once and counts at every call."""
+    layers = [m for m in model.backbone.modules() if isinstance(m, ACTIVATIONS)]
     if not layers:
-        raise ValueError("uap: the model's encoder has no layers to hook")
+        raise ValueError("uap: the model's encoder has no activation layers to hook")
     return layers
 
 
 def activation_objective(pm: PixelModel, x: Tensor, layers: list[nn.Module]) -> Tensor:
-    """GD-UAP's loss, Σ_l log ||f_l(x)||_2 over ``layers`` (the log of the product of norms)."""
-    acts: list[Tensor] = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: acts.append(out)) for m in layers]
+    """GD-UAP's objective for pixels x (B, 3, H, W): Σ_l log ||f_l(x)||_2 over every call of
+    ``layers`` (the log of the product of activation norms), each norm over the whole batch.
+    The norm is taken inside the hook: in-place ops later in the network cannot change it."""
+    logs: list[Tensor] = []
+
+    def hook(_module, _inputs, out):
+        if isinstance(out, Tensor):
+            logs.append(torch.log(torch.linalg.vector_norm(out.float()) + 1e-12))
+
+    hooks = [m.register_forward_hook(hook) for m in layers]
     try:
         pm.encoder(x)
     finally:
         for h in hooks:
             h.remove()
-    return sum(torch.log(torch.linalg.vector_norm(a.float()) + 1e-12) for a in acts if isinstance(a, Tensor))
+    return torch.stack(logs).sum()
 
 
-def universal_data_free(pm: PixelModel, delta: Tensor, eps: float, alpha: float, iters: int) -> Tensor:
-    """GD-UAP without data: the perturbation alone on the mean image (normalised input = δ
-    scaled), maximising the activation objective; signed steps, projected to [-ε, ε]."""
-    layers = encoder_layers(pm.model)
-    base = mean_pixels(delta.device)
-    delta = delta.detach().clone()
-    for _ in range(iters):
+class Saturation:
+    """GD-UAP's rescaling rule: the saturation is the share of δ's values at the bound ±ξ; when
+    more than half are saturated (``threshold``) and that share changed by less than
+    ``min_change`` since the previous step, δ has stopped moving inside the box and is halved,
+    so the optimisation can go on (GD-UAP's release: 0.5 and 1e-5)."""
+
+    def __init__(self, eps: float, threshold: float = 0.5, min_change: float = 1e-5) -> None:
+        self.eps, self.threshold, self.min_change = eps, threshold, min_change
+        self.previous = 0.0
+        self.value = 0.0
+
+    def update(self, delta: Tensor) -> bool:
+        """Measure δ after a projected step; True when it is time to rescale."""
+        self.value = float((delta.abs() >= self.eps).float().mean())
+        change, self.previous = abs(self.value - self.previous), self.value
+        return change < self.min_change and self.value > self.threshold
+
+
+@dataclass
+class GdUapLog:
+    """What happened during one GD-UAP optimisation (saved in the perturbation's .json)."""
+
+    iters: int = 0
+    rescales: list[tuple[int, float]] = field(default_factory=list)  # (step, saturation) at each halving
+    validations: list[tuple[int, float]] = field(default_factory=list)  # (step, flip rate)
+    best_step: int | None = None
+    stopped: str = "iters"  # "iters" or "patience"
+    saturation: float = 0.0  # at the end
+
+
+def gd_uap(objective: Callable[[Tensor], Tensor], delta: Tensor, eps: float, iters: int, lr: float = 0.1,
+           validate: Callable[[Tensor], float] | None = None, val_every: int = 400, val_before_rescale: int = 200,
+           patience: int = 10) -> tuple[Tensor, GdUapLog]:
+    """GD-UAP's optimisation: Adam (lr in pixel levels) ascending ``objective(δ)``, δ clipped to
+    [-ε, ε] after every step, halved by the saturation rule (:class:`Saturation`).
+
+    With ``validate(δ) -> flip rate`` (share of held-out pixels whose prediction δ changes), as
+    in GD-UAP's release: it is measured every ``val_every`` steps and before a rescale that comes
+    more than ``val_before_rescale`` steps after the last measurement, and at the end (ours: a
+    short run may never reach ``val_every``); the best δ is kept, and the run stops after
+    ``patience`` measurements without improvement. Without it, the last δ is returned."""
+    d = delta.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([d], lr=lr)
+    saturation, log = Saturation(eps), GdUapLog()
+    best, best_rate, stale, last = d.detach().clone(), -math.inf, 0, 0
+    for step in range(1, iters + 1):
+        optimizer.zero_grad(set_to_none=True)
         with torch.enable_grad():
-            d = delta.requires_grad_(True)
-            (grad,) = torch.autograd.grad(activation_objective(pm, (base + d)[None], layers), d)
-        delta = (delta.detach() + alpha * grad.sign()).clamp_(-eps, eps)
-    return delta
+            (-objective(d)).backward()  # Adam minimises; GD-UAP's loss is minus the objective
+        optimizer.step()
+        with torch.no_grad():
+            d.clamp_(-eps, eps)
+        log.iters = step
+        rescale = saturation.update(d.detach())
+        since = step - last
+        if validate is not None and (since >= val_every or (rescale and since > val_before_rescale)):
+            last = step
+            rate = validate(d.detach())
+            log.validations.append((step, rate))
+            if rate >= best_rate:  # ties keep the later δ, as the release does
+                stale = 0 if rate > best_rate else stale
+                best, best_rate, log.best_step = d.detach().clone(), rate, step
+            else:
+                stale += 1
+            if stale == patience:
+                log.stopped = "patience"
+                break
+        if rescale:
+            with torch.no_grad():
+                d.div_(2)
+            log.rescales.append((step, saturation.value))
+            last = step
+    log.saturation = saturation.value
+    if validate is None:
+        return d.detach(), log
+    if log.stopped == "iters" and (not log.validations or log.validations[-1][0] != log.iters):
+        rate = validate(d.detach())  # the last δ competes too (a short run may not reach val_every)
+        log.validations.append((log.iters, rate))
+        if rate >= best_rate:
+            best, log.best_step = d.detach().clone(), log.iters
+    return best, log
+
+
+def prior_images(mode: str, batch_size: int, size: int, generator: torch.Generator,
+                 pool: ImagePool | None) -> Callable[[], Tensor | None]:
+    """The images δ is added to at each GD-UAP step: none (δ alone, i.e. on the mean image),
+    Gaussian pseudo-images (range prior), or random crops of training images (data priors)."""
+    if mode == "no-data":
+        return lambda: None
+    if mode == "range-prior":
+        return lambda: range_prior_batch(batch_size, size, generator)
+    if pool is None:
+        raise ValueError(f"uap: mode {mode!r} needs training images")
+    return lambda: pool.batch(batch_size)
+
+
+def range_prior_batch(n: int, size: int, generator: torch.Generator) -> Tensor:
+    """(n, 3, size, size) float pixels ~ N(mean colour, RANGE_STD), clipped to [0, 255]:
+    images that know only the data's range (GD-UAP's range prior; fresh samples each step, ours)."""
+    std = torch.tensor(RANGE_STD).view(1, 3, 1, 1)
+    noise = torch.randn(n, 3, size, size, generator=generator)
+    return (mean_pixels()[None] + std * noise).clamp_(0, 255)
+
+
+def gduap_objective(pm: PixelModel, layers: list[nn.Module], images: Callable[[], Tensor | None],
+                    fit: str = "tile") -> Callable[[Tensor], Tensor]:
+    """δ -> the activation objective of δ added to the prior's images (or alone)."""
+    def objective(d: Tensor) -> Tensor:
+        x = images()
+        if x is None:
+            return activation_objective(pm, (mean_pixels(d.device) + d)[None], layers)
+        return activation_objective(pm, apply_universal(x.to(d.device), d, fit), layers)
+    return objective
+
+
+class ImagePool:
+    """Random size x size crops of some images of a shard directory, read when drawn (the data
+    priors' training batches; a data set need not fit in memory). ``items``: (shard, index)."""
+
+    def __init__(self, shards, items: list[tuple[int, int]], size: int, seed: int) -> None:
+        from .transforms import RandomCrop
+
+        if not items:
+            raise ValueError(f"uap: no images to draw from in {shards.path}")
+        self.readers, self.items = shards.readers(), items
+        self.crop, self.rng = RandomCrop(size), np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def batch(self, n: int) -> Tensor:
+        """(n, 3, size, size) uint8, drawn with replacement."""
+        picks = self.rng.integers(0, len(self.items), n)
+        crops = []
+        for p in picks:
+            shard, index = self.items[p]
+            s = self.readers[shard].read(index)
+            image, _, _ = self.crop(s.image, s.label, None, self.rng)
+            crops.append(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+        return torch.stack(crops)
+
+
+def every_image(shards) -> list[tuple[int, int]]:
+    return [(r, i) for r, reader in enumerate(shards.readers()) for i in range(len(reader))]
+
+
+def least_background(shards, share: float) -> list[tuple[int, int]]:
+    """The ``share`` of a split's images with the smallest background fraction of their labelled
+    pixels (R-Part: GD-UAP's partial data is "data with less background"; ranking by the
+    fraction is ours, its list gives no rule). Ties keep the stored order. Reads labels only."""
+    from blendgen.shards import decode_label
+
+    background = np.array(shards.classes.background)
+    ignore = shards.classes.ignore_index
+    scored = []
+    for r, reader in enumerate(shards.readers()):
+        for i in range(len(reader)):
+            label = decode_label(reader.read_raw(i)["label"])
+            labelled = label != ignore
+            fraction = np.isin(label[labelled], background).mean() if labelled.any() else 1.0
+            scored.append((float(fraction), r, i))
+        reader.close()
+    scored.sort(key=lambda t: t[0])  # stable: ties in stored order
+    keep = max(1, math.ceil(share * len(scored)))
+    return [(r, i) for _, r, i in scored[:keep]]
+
+
+def flip_rate(pm: PixelModel, images: list[Tensor], delta: Tensor, fit: str = "tile") -> float:
+    """GD-UAP's validation measure: the share of pixels whose predicted class δ changes."""
+    changed = total = 0
+    with torch.no_grad():
+        for x in images:
+            clean = pm(x).argmax(1)
+            attacked = pm(apply_universal(x, delta, fit)).argmax(1)
+            changed += int((clean != attacked).sum())
+            total += clean.numel()
+    return changed / total
 
 
 def generate_uap(config: UapConfig) -> tuple[Path, dict]:
     """``trainer uap``: load the surrogate, build the perturbation, save ``.npy`` + ``.json``."""
-    from blendgen.shards import ShardDir
-
     from . import checkpoint as ckpt_io
-    from .data import ShardStream, make_loader
     from .distributed import resolve_device
     from .evaluate import eval_head, model_from_checkpoint
-    from .transforms import Compose, RandomCrop, pad_collate
 
     device = resolve_device(config.device)
     ckpt = ckpt_io.load(config.checkpoint)
@@ -336,27 +543,74 @@ def generate_uap(config: UapConfig) -> tuple[Path, dict]:
     head = eval_head(model, ckpt["stage"], config.head)
     pm = PixelModel(model, head, torch.bfloat16 if device.type == "cuda" else None)
     delta = random_perturbation(config.size, config.eps, config.seed, device)
-    meta = {"mode": config.mode, "checkpoint": config.checkpoint, "head": head, "eps": config.eps, "size": config.size,
-            "iters": config.iters, "step_size": config.alpha, "seed": config.seed,
+    meta = {"mode": config.mode, "table6": TABLE6_NAMES.get(config.mode), "checkpoint": config.checkpoint,
+            "head": head, "eps": config.eps, "size": config.size, "iters": config.iters, "seed": config.seed,
             "units": "pixel values on [0, 255], RGB, (H, W, 3)"}
     with frozen(model):
-        if config.mode == "data-free":
-            delta = universal_data_free(pm, delta, config.eps, config.alpha, config.iters)
+        if config.mode == "data":
+            delta, extra = _uap_from_data(config, ckpt, pm, delta, device)
         else:
-            shards = ShardDir.open(Path(config.shards) / config.split)
-            ckpt_io.check_compatible(ckpt, config.checkpoint, classes=shards.classes)
-            # Random size x size windows (padded with the mean colour / ignore when smaller), so
-            # a batch stacks and δ of the same size is added to each without tiling.
-            stream = ShardStream(shards, Compose([RandomCrop(config.size)]), config.batch_size, shuffle=True,
-                                 drop_last=False, seed=config.seed, collate_fn=pad_collate)
-            loader = make_loader(stream, config.workers, pin_memory=device.type == "cuda")
-            batches = ((b["image"].to(device), b["label"].to(device)) for b in _epochs(stream, loader))
-            delta = universal_from_data(pm, batches, delta, config.eps, config.alpha, config.iters,
-                                        shards.classes.ignore_index, config.fit)
-            meta |= {"shards": config.shards, "split": config.split, "images": shards.num_samples,
-                     "batch_size": config.batch_size, "fit": config.fit}
+            delta, extra = _uap_gd(config, ckpt, pm, delta, device)
+    meta |= extra
     meta["linf"] = float(delta.abs().max())
     return save_perturbation(config.out, delta, meta), meta
+
+
+def _open_split(config: UapConfig, ckpt: dict, split: str):
+    from blendgen.shards import ShardDir
+
+    from . import checkpoint as ckpt_io
+
+    shards = ShardDir.open(Path(config.shards) / split)
+    ckpt_io.check_compatible(ckpt, config.checkpoint, classes=shards.classes)
+    return shards
+
+
+def _uap_from_data(config: UapConfig, ckpt: dict, pm: PixelModel, delta: Tensor, device) -> tuple[Tensor, dict]:
+    from .data import ShardStream, make_loader
+    from .transforms import Compose, RandomCrop, pad_collate
+
+    shards = _open_split(config, ckpt, config.split)
+    # Random size x size windows (padded with the mean colour / ignore when smaller), so a batch
+    # stacks and δ of the same size is added to each without tiling.
+    stream = ShardStream(shards, Compose([RandomCrop(config.size)]), config.batch_size, shuffle=True,
+                         drop_last=False, seed=config.seed, collate_fn=pad_collate)
+    loader = make_loader(stream, config.workers, pin_memory=device.type == "cuda")
+    batches = ((b["image"].to(device), b["label"].to(device)) for b in _epochs(stream, loader))
+    delta = universal_from_data(pm, batches, delta, config.eps, config.alpha, config.iters,
+                                shards.classes.ignore_index, config.fit)
+    return delta, {"step_size": config.alpha, "shards": config.shards, "split": config.split,
+                   "images": shards.num_samples, "batch_size": config.batch_size, "fit": config.fit}
+
+
+def _uap_gd(config: UapConfig, ckpt: dict, pm: PixelModel, delta: Tensor, device) -> tuple[Tensor, dict]:
+    """The GD-UAP modes: the prior's images, the optional validation images, then :func:`gd_uap`."""
+    extra: dict = {"optimizer": "adam", "lr": config.lr, "fit": config.fit}
+    pool = None
+    if config.mode in ("partial-data", "all-data"):
+        shards = _open_split(config, ckpt, config.split)
+        items = least_background(shards, config.part) if config.mode == "partial-data" else every_image(shards)
+        pool = ImagePool(shards, items, config.size, config.seed)
+        extra |= {"shards": config.shards, "split": config.split, "images": len(pool),
+                  "split_images": shards.num_samples, "batch_size": config.batch_size}
+        if config.mode == "partial-data":
+            extra["part"] = config.part
+    elif config.mode == "range-prior":
+        extra["batch_size"] = config.batch_size
+    validate = None
+    if config.val_images:
+        val = _open_split(config, ckpt, config.val_split)
+        held_out = ImagePool(val, every_image(val), config.size, config.seed + 1)
+        images = [held_out.batch(min(8, config.val_images - i)).to(device) for i in range(0, config.val_images, 8)]
+        validate = lambda d: flip_rate(pm, images, d, config.fit)  # noqa: E731
+        extra |= {"val_split": config.val_split, "val_images": config.val_images}
+    generator = torch.Generator().manual_seed(config.seed)
+    images_of = prior_images(config.mode, config.batch_size, config.size, generator, pool)
+    objective = gduap_objective(pm, activation_layers(pm.model), images_of, config.fit)
+    delta, log = gd_uap(objective, delta, config.eps, config.iters, config.lr, validate)
+    extra |= {"steps": log.iters, "stopped": log.stopped, "rescales": log.rescales, "validations": log.validations,
+              "best_step": log.best_step, "saturation": log.saturation}
+    return delta, extra
 
 
 def _epochs(stream, loader) -> Iterator[dict]:

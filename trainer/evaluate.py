@@ -227,6 +227,9 @@ class PassResult:
     subsets: dict[str, ConfusionMatrix]
     images: int
     seconds: float
+    # with ``against_clean``: the perturbed prediction counted against the clean one (target =
+    # clean prediction), over the labelled pixels; GD-UAP's fooling rate is 1 - its mIoU
+    agreement: ConfusionMatrix | None = None
 
 
 def _matrix(mat: Tensor, num_classes: int, ignore_index: int) -> ConfusionMatrix:
@@ -236,37 +239,48 @@ def _matrix(mat: Tensor, num_classes: int, ignore_index: int) -> ConfusionMatrix
 
 
 def evaluate_pass(predict, loader, num_classes: int, ignore_index: int, d: Dist, perturb=None,
-                  subsets: Subsets | None = None, progress: bool = False, desc: str = "eval") -> PassResult:
+                  subsets: Subsets | None = None, progress: bool = False, desc: str = "eval",
+                  against_clean: bool = False) -> PassResult:
     """Predict every batch of ``loader``, optionally after ``perturb``, and count per-image
     confusion matrices into the total and into every subset holding the image; summed over ranks.
 
     ``predict``: pixels (B, 3, H, W), uint8 or float in [0, 255] -> logits (B, K, H, W)
     (:class:`trainer.attacks.PixelModel`). ``perturb(x uint8, label) -> x'`` runs with gradients
     enabled (white-box attacks need them); prediction runs without. Without ``perturb`` the
-    uint8 batch goes through :func:`normalize` exactly as in :func:`evaluate`."""
+    uint8 batch goes through :func:`normalize` exactly as in :func:`evaluate`. ``against_clean``
+    (with ``perturb``) also predicts the clean batch and fills ``PassResult.agreement``."""
     K = num_classes
     total = torch.zeros(K, K, dtype=torch.int64, device=d.device)
     S = 0 if subsets is None else len(subsets.names)
     per_subset = torch.zeros(S, K * K, dtype=torch.float64, device=d.device)  # exact below 2^53 pixels
     images = torch.zeros((), dtype=torch.int64, device=d.device)
+    agree = torch.zeros(K, K, dtype=torch.int64, device=d.device)
     start = time.perf_counter()
     for batch in tqdm(loader, desc=desc, disable=not (progress and d.is_main), leave=False):
         x = batch["image"].to(d.device, non_blocking=True)  # (B, 3, H, W) uint8
         y = batch["label"].to(d.device, non_blocking=True)  # (B, H, W)
+        clean = None
+        if perturb is not None and against_clean:
+            with torch.no_grad():
+                clean = predict(x).argmax(1)  # (B, H, W)
         if perturb is not None:
             x = perturb(x, y)
         with torch.no_grad():
             pred = predict(x).argmax(1)  # (B, H, W)
+        if clean is not None:  # padding and void pixels (label ignore) are left out, as for mIoU
+            agree += per_image_confusion(torch.where(y == ignore_index, ignore_index, clean), pred, K,
+                                         ignore_index).sum(0)
         per_image = per_image_confusion(y, pred, K, ignore_index)  # (B, K, K)
         total += per_image.sum(0)
         if S:
             per_subset += subsets.members(batch["key"], d.device).T @ per_image.view(len(y), -1).double()
         images += len(y)
     if dist.is_available() and dist.is_initialized():
-        for t in (total, per_subset, images):
+        for t in (total, per_subset, images, agree):
             dist.all_reduce(t)
     if d.device.type == "cuda":
         torch.cuda.synchronize(d.device)
     named = {} if subsets is None else {
         name: _matrix(per_subset[s].round().view(K, K), K, ignore_index) for s, name in enumerate(subsets.names)}
-    return PassResult(_matrix(total, K, ignore_index), named, int(images), time.perf_counter() - start)
+    agreement = _matrix(agree, K, ignore_index) if perturb is not None and against_clean else None
+    return PassResult(_matrix(total, K, ignore_index), named, int(images), time.perf_counter() - start, agreement)

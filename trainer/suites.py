@@ -273,9 +273,10 @@ class SuiteContext:
     clean: PassResult | None = None
     timings: dict = field(default_factory=dict)
 
-    def run(self, name: str, perturb=None, subsets: Subsets | None = None) -> PassResult:
+    def run(self, name: str, perturb=None, subsets: Subsets | None = None, against_clean: bool = False) -> PassResult:
         result = evaluate_pass(self.predict, self.loader, self.classes.num_classes, self.classes.ignore_index,
-                               self.dist, perturb=perturb, subsets=subsets, progress=self.progress, desc=name)
+                               self.dist, perturb=perturb, subsets=subsets, progress=self.progress, desc=name,
+                               against_clean=against_clean)
         self.timings[name] = round(result.seconds, 2)
         return result
 
@@ -331,26 +332,46 @@ def context_result(clean: PassResult, sizes: dict[str, int], facts: dict, config
     return {"person": names[pid], "pairs": pairs, "rarity": rarity}
 
 
+def fooling(result: PassResult) -> dict:
+    """{"miou": against the ground truth, "miou_vs_clean": the attacked prediction against the
+    clean one, "fooling_rate": 1 - miou_vs_clean (GD-UAP's generalised fooling rate for mIoU)}."""
+    agreement = summarise(result.agreement, result.images)["miou"]
+    return {"miou": summarise(result.total, result.images)["miou"], "miou_vs_clean": agreement,
+            "fooling_rate": None if agreement is None else 1 - agreement}
+
+
 def adversarial_result(ctx: SuiteContext, config: SuiteConfig, generator: torch.Generator) -> dict:
-    """Table 6's row for this model: clean, white-box FGSM / PGD, each universal perturbation."""
+    """Table 6's row for this model: clean, white-box FGSM / PGD, each universal perturbation;
+    each attack's mIoU and fooling rate."""
     pm, ignore = ctx.predict, ctx.classes.ignore_index
     alpha = 2.5 * config.eps / config.pgd_steps if config.pgd_step_size is None else config.pgd_step_size
     rows = [{"name": "clean", "miou": summarise(ctx.clean.total, ctx.clean.images)["miou"]}]
     if "fgsm" in config.attacks:
-        r = ctx.run("FGSM", lambda x, y: fgsm(pm, x, y, config.eps, ignore))
-        rows.append({"name": "FGSM", "eps": config.eps, "miou": summarise(r.total, r.images)["miou"]})
+        r = ctx.run("FGSM", lambda x, y: fgsm(pm, x, y, config.eps, ignore), against_clean=True)
+        rows.append({"name": "FGSM", "eps": config.eps, **fooling(r)})
     if "pgd" in config.attacks:
         name = f"PGD-{config.pgd_steps}"
-        r = ctx.run(name, lambda x, y: pgd(pm, x, y, config.eps, config.pgd_steps, alpha, ignore, generator=generator))
-        rows.append({"name": name, "eps": config.eps, "steps": config.pgd_steps, "step_size": alpha,
-                     "miou": summarise(r.total, r.images)["miou"]})
+        r = ctx.run(name, lambda x, y: pgd(pm, x, y, config.eps, config.pgd_steps, alpha, ignore, generator=generator),
+                    against_clean=True)
+        rows.append({"name": name, "eps": config.eps, "steps": config.pgd_steps, "step_size": alpha, **fooling(r)})
     for path in config.uap:
         delta = load_perturbation(path).to(ctx.dist.device)
         name = f"UAP {Path(path).stem}"
-        r = ctx.run(name, lambda x, y, d=delta: apply_universal(x, d, config.uap_fit))
+        r = ctx.run(name, lambda x, y, d=delta: apply_universal(x, d, config.uap_fit), against_clean=True)
         rows.append({"name": name, "file": str(path), "linf": float(delta.abs().max()), "size": list(delta.shape[1:]),
-                     "fit": config.uap_fit, "miou": summarise(r.total, r.images)["miou"]})
+                     "fit": config.uap_fit, **_uap_origin(path), **fooling(r)})
     return {"eps": config.eps, "pgd_steps": config.pgd_steps, "pgd_step_size": alpha, "results": rows}
+
+
+def _uap_origin(path: str) -> dict:
+    """How ``trainer uap`` made a perturbation file (its .json beside it): the mode and Table 6's
+    name for it; {} for a file from elsewhere."""
+    meta = Path(path).with_suffix(".json")
+    try:
+        made = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: made[k] for k in ("mode", "table6") if made.get(k)}
 
 
 def blur_result(ctx: SuiteContext, config: SuiteConfig) -> dict:
@@ -505,20 +526,32 @@ def context_tables(runs: Runs) -> list:
 
 
 def adversarial_tables(runs: Runs) -> list:
-    """IJCV Table 6: mIoU clean and under each attack."""
+    """IJCV Table 6: mIoU clean and under each attack; then each attack's fooling rate."""
     def label(row: dict) -> str:
         if "linf" in row:
-            return f"{row['name']} (L∞ {row['linf']:.3g})"
+            setting = f"{row['table6']}, " if row.get("table6") else ""
+            return f"{row['name']} ({setting}L∞ {row['linf']:.3g})"
         return f"{row['name']} ε={row['eps']:g}" if "eps" in row else row["name"]
 
+    def values(r: dict, key: str) -> dict:
+        return {x["name"]: x.get(key) for x in r["results"]}
+
     first = runs[0][1]["results"]
-    rows = [[run, *(_pct({x["name"]: x["miou"] for x in r["results"]}.get(c["name"])) for c in first)]
-            for run, r in runs]
+    rows = [[run, *(_pct(values(r, "miou").get(c["name"])) for c in first)] for run, r in runs]
     fits = {row["fit"] for _, r in runs for row in r["results"] if "fit" in row}
     note = ("White-box FGSM / PGD on each model itself (L∞ ε in pixel levels of [0, 255]); UAP: one universal "
-            f"perturbation for every image, {' / '.join(sorted(fits)) or 'tile'}d to the image size.")
-    return [Table("suite_adversarial", "Adversarial robustness (IJCV Table 6): mIoU", ["run", *map(label, first)],
-                  rows, note)]
+            f"perturbation for every image, {' / '.join(sorted(fits)) or 'tile'}d to the image size; R-No / R-Part / "
+            "R-All: GD-UAP without data, with part of the training set, with all of it (trainer uap).")
+    attacked = [c for c in first if c["name"] != "clean"]
+    fooled = [[run, *(_pct(values(r, "fooling_rate").get(c["name"])) for c in attacked)] for run, r in runs]
+    tables = [Table("suite_adversarial", "Adversarial robustness (IJCV Table 6): mIoU", ["run", *map(label, first)],
+                    rows, note)]
+    if attacked:
+        tables.append(Table("suite_fooling", "Fooling rate under each attack (GD-UAP's measure)",
+                            ["run", *map(label, attacked)], fooled,
+                            "Fooling rate = 100 - mIoU of the attacked prediction against the clean prediction "
+                            "(labelled pixels); n/a for runs evaluated before it was measured."))
+    return tables
 
 
 def blur_tables(runs: Runs) -> list:
