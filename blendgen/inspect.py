@@ -437,9 +437,19 @@ def render_sample(sample: Sample, header: ShardHeader, out: str | Path) -> None:
 
 
 # -- stats ------------------------------------------------------------------------------------
+def check_shard_bytes(path: str | Path) -> None:
+    """Every sample's checksum: the statistics of a damaged shard would be silently wrong.
+    Reads the image bytes too (the checksum covers them) but decodes nothing."""
+    reader = ShardReader(path)
+    try:
+        reader.check_all()
+    finally:
+        reader.close()
+
+
 def stats(config: StatsConfig, progress: bool = True) -> dict:
-    """Pair-count matrix and δ histogram of every sample, reading only small datasets; also
-    writes ``config.out`` (heat map and histogram) if given."""
+    """Pair-count matrix and δ histogram of every sample, decoding no image; also writes
+    ``config.out`` (heat map and histogram) if given. Every sample's checksum is checked first."""
     path = Path(config.path)
     if not path.exists():
         raise ShardError(f"{path}: no such file or directory")
@@ -461,7 +471,8 @@ def stats(config: StatsConfig, progress: bool = True) -> dict:
     hist = np.zeros(config.bins, dtype=np.int64)
     below = above = samples = with_pair = from_sets = unpaired = 0
     d_min, d_max, d_sum = math.inf, -math.inf, 0.0
-    for p in tqdm(paths, unit="shard", desc="reading pair, delta", disable=not progress):
+    for p in tqdm(paths, unit="shard", desc="checking, reading pair, delta", disable=not progress):
+        check_shard_bytes(p)
         try:
             f = h5py.File(p, "r")
         except OSError as exc:

@@ -5,6 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no advisory locks, writers are not serialised
+    fcntl = None
 from pathlib import Path
 from typing import Iterator
 
@@ -52,3 +57,36 @@ def save_figure(fig, path: str | Path, **savefig_kwargs) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, **savefig_kwargs)
     plt.close(fig)
+
+
+class LockedError(ValueError):
+    """Another process holds the lock."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path, what: str) -> Iterator[None]:
+    """Hold an advisory lock on ``path`` (created if missing) for the block, or fail at once
+    in one line naming the holder's pid. The kernel drops the lock when its holder dies, so a
+    killed writer never leaves a stale lock (a killed one leaves the file, which the next
+    holder reuses); the holder removes the file when it is done."""
+    path = Path(path)
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise LockedError(f"{what} is being written by another process (pid {holder}, lock {path}); "
+                              "wait for it to finish or stop it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # still holding the lock: no other writer is inside
+    finally:
+        os.close(fd)  # releases the lock

@@ -15,14 +15,17 @@ last (it sees all fragments) merges them into ``manifest.json``. Parts on machin
 shared disk: copy the shards and fragments into one directory and run ``--merge``.
 
 A rerun after a crash or kill keeps every shard that exists and is exactly the one it would
-write (header, generation parameters and sample keys checked), removes temporary files a
-killed writer left behind, and writes the rest: the result equals an uninterrupted run.
-A shard from a different run is an error, never silently replaced.
+write (header, generation parameters and sample keys checked) and intact (every sample's
+checksum, and the SHA-256 an earlier manifest recorded), rewrites damaged ones, removes
+temporary files a killed writer left behind, and writes the rest: the result equals an
+uninterrupted run. A shard from a different run is an error, never silently replaced. A lock
+file per part (``.lock-part-I-of-N``) makes a second writer of the same part refuse to start.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import math
 import multiprocessing as mp
 import queue
@@ -34,10 +37,10 @@ from typing import Callable, Iterator, Protocol
 import cv2
 from tqdm import tqdm
 
-from .io import make_dir, write_json
+from .io import exclusive_lock, make_dir, write_json
 from .shards import (
-    JPEG_CHROMA, MANIFEST, ShardError, ShardHeader, ShardWriter, check_complete_shard, manifest_dict,
-    merge_manifests, merge_part_manifests, part_manifest_name, shard_name, temp_paths,
+    JPEG_CHROMA, MANIFEST, ShardError, ShardHeader, ShardReader, ShardWriter, check_complete_shard, manifest_dict,
+    merge_manifests, merge_part_manifests, part_manifest_name, shard_name, temp_paths, verify_shard,
 )
 
 
@@ -136,14 +139,23 @@ def write_shard(source: SampleSource, directory: Path, shard: int, shard_size: i
                 on_sample()
     except OSError as exc:  # reading errors arrive as DatasetError, so this is the output side
         raise ShardError(f"{path}: {describe_write_error(exc)}") from None
+    except RuntimeError as exc:  # h5py reports some failed flushes (a full disk) as RuntimeError
+        if not hdf5_write_failure(exc):
+            raise
+        raise ShardError(f"{path}: {describe_write_error(exc)}") from None
     return writer.info
 
 
-def describe_write_error(exc: OSError) -> str:
-    # HDF5 reports a full disk inside its message and leaves errno unset.
-    if exc.errno == errno.ENOSPC or "No space left" in str(exc):
+def hdf5_write_failure(exc: RuntimeError) -> bool:
+    text = str(exc)
+    return "errno = " in text or "flush" in text.lower() or "No space left" in text
+
+
+def describe_write_error(exc: OSError | RuntimeError) -> str:
+    # HDF5 reports a full disk inside its message ("errno = 28") and leaves errno unset.
+    if getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc) or "errno = 28" in str(exc):
         return "no space left on device while writing this shard (it was removed; free space and rerun to resume)"
-    text = " ".join(str(exc.strerror or exc).split())  # one line, whatever the library wrote
+    text = " ".join(str(getattr(exc, "strerror", None) or exc).split())  # one line, whatever the library wrote
     return f"cannot write ({text})"
 
 
@@ -195,27 +207,47 @@ def write_shards(source: SampleSource, directory: str | Path, options: WriteOpti
                  cooccurrence=None, extra: dict | None = None, progress: bool = True,
                  desc: str = "writing") -> RunResult:
     """Write this part's shards of ``source`` into ``directory`` (resuming), then its manifest
-    fragment, then ``manifest.json`` if every part is done. See the module docstring."""
+    fragment, then ``manifest.json`` if every part is done. See the module docstring. A second
+    writer of the same part of the same directory refuses to start."""
     directory = make_dir(directory)
     num_shards = math.ceil(len(source) / options.shard_size)
     if num_shards == 0:
         raise ValueError("nothing to write: no samples")
+    part = options.part
+    with exclusive_lock(directory / lock_name(part), f"{directory} (part {part})"):
+        return _write_part(source, directory, options, num_shards, cooccurrence, extra, progress, desc)
+
+
+def lock_name(part: Part) -> str:
+    return f".lock-part-{part.index}-of-{part.count}"
+
+
+def _write_part(source: SampleSource, directory: Path, options: WriteOptions, num_shards: int,
+                cooccurrence, extra: dict | None, progress: bool, desc: str) -> RunResult:
     part = options.part
     mine = part.shards(num_shards)
     for s in mine:  # left by a killed run; this part alone writes these shards
         for tmp in temp_paths(directory, shard_name(s)):
             tmp.unlink(missing_ok=True)
 
-    infos, todo = {}, []
+    listed = listed_entries(directory, part)
+    infos, todo, damaged = {}, [], 0
     for s in mine:
         path = directory / shard_name(s)
         if path.exists():
             rows = shard_rows(s, options.shard_size, len(source))
-            infos[s] = check_complete_shard(path, source.header, source.keys(rows.start, rows.stop))
+            info = kept_shard(path, source.header, source.keys(rows.start, rows.stop), listed.get(path.name))
+            if info is None:
+                damaged += 1
+                path.unlink()
+                todo.append(s)
+            else:
+                infos[s] = info
         else:
             todo.append(s)
-    if infos and progress:
-        tqdm.write(f"{directory}: {len(infos)} of {len(mine)} shards already complete, resuming")
+    if (infos or damaged) and progress:
+        tqdm.write(f"{directory}: {len(infos)} of {len(mine)} shards already complete and intact"
+                   f"{f', {damaged} damaged (rewriting them)' if damaged else ''}, resuming")
 
     total = sum(len(shard_rows(s, options.shard_size, len(source))) for s in todo)
     bar = tqdm(total=total, unit="sample", desc=desc, disable=not progress or not todo, smoothing=0.05)
@@ -247,6 +279,42 @@ def write_shards(source: SampleSource, directory: str | Path, options: WriteOpti
     return RunResult(directory=directory, part=part, shards=len(mine), written=len(todo),
                      kept=len(mine) - len(todo), samples=sum(i["samples"] for i in infos.values()),
                      bytes=sum(i["bytes"] for i in infos.values()), manifest=manifest, waiting_for=waiting)
+
+
+def listed_entries(directory: Path, part: Part) -> dict[str, dict]:
+    """Shard name -> entry in the manifests an earlier run wrote (``manifest.json`` and this
+    part's fragment); unreadable ones count as absent, since they are rewritten anyway."""
+    entries = {}
+    for name in (MANIFEST, part_manifest_name(part.index, part.count)):
+        try:
+            shards = json.loads((directory / name).read_text()).get("shards", [])
+            entries.update({e["name"]: e for e in shards if isinstance(e, dict) and isinstance(e.get("name"), str)})
+        except (OSError, ValueError, AttributeError):
+            continue
+    return entries
+
+
+def kept_shard(path: Path, header: ShardHeader, keys: list[str], listed: dict | None) -> dict | None:
+    """The manifest entry of an existing shard this run would write, once it is shown intact:
+    readable, every sample's checksum right, and the SHA-256 an earlier manifest recorded for
+    it (if any) unchanged. None when it is damaged, to be rewritten; ShardError when it is
+    another run's shard (other parameters or samples), which is never silently replaced."""
+    try:
+        verify_shard(path)
+    except ShardError:
+        return None  # not even readable: damaged, whatever wrote it
+    info = check_complete_shard(path, header, keys)
+    reader = ShardReader(path)
+    try:
+        if next(reader.corrupt_samples(), None) is not None:
+            return None
+    except ShardError:
+        return None
+    finally:
+        reader.close()
+    if listed is not None and listed.get("sha256") not in (None, info["sha256"]):
+        return None
+    return info
 
 
 def missing_parts(directory: Path, count: int) -> list[int]:

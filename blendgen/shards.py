@@ -6,7 +6,7 @@ sample counts and SHA-256 checksums, plus everything a reader needs without the 
 dataset: class names, palette, ignore index, background ids, the co-occurrence matrix, the
 generation parameters (strategy, delta spec, seed) and the source dataset description.
 
-Each shard (format ``blendgen-shards``, version 1) carries the same description in its root
+Each shard (format ``blendgen-shards``, version 2) carries the same description in its root
 attributes, so one shard alone is self-describing to ``h5ls -r`` / ``h5dump -A``, and one
 dataset per field, all of length ``num_samples`` (see :data:`SCHEMA`):
 
@@ -24,6 +24,14 @@ dataset per field, all of length ``num_samples`` (see :data:`SCHEMA`):
 ``pair``             int16 (2,)  (dominant cluster, phantom cluster) matrix indices, -1 if none
 ``instances``        int16       object instances in the source annotation (-1 unknown)
 ``occluded``         vlen uint8  per-object VOC ``occluded`` flags (empty if unknown)
+``checksum``         uint32      CRC-32 of the sample's stored bytes, every field above
+                                 (:func:`record_checksum`), checked on every read
+
+Integrity: every read of a sample recomputes its checksum (a mismatch is a
+:class:`CorruptSample` naming shard, index and key), the manifest holds each shard's SHA-256,
+opening a directory checks each shard's header against the manifest and accepts only plain
+file names of that directory, and shards with external links, external storage or virtual
+datasets are refused (they would read bytes from other files).
 
 Shards are written under a temporary name, re-opened and verified, then renamed: a file
 named ``shard-*.h5`` is always complete. A directory written in parts (``--part i/n``) also
@@ -36,8 +44,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import h5py
@@ -47,7 +57,7 @@ from . import __version__
 from .classes import ClassSet
 
 FORMAT = "blendgen-shards"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-sample checksums
 MANIFEST = "manifest.json"
 IMAGE_CODECS = ("jpeg", "png", "webp")
 # JPEG chroma subsampling: "420" halves colour resolution both ways (what VOC's own JPEGs use),
@@ -73,7 +83,11 @@ SCHEMA: dict[str, tuple[object, tuple[int, ...]]] = {
     "pair": (np.int16, (2,)),
     "instances": (np.int16, ()),
     "occluded": (_VLEN_U8, ()),
+    "checksum": (np.uint32, ()),
 }
+# What a writer is given and a reader returns: every field but the checksum, which the writer
+# computes and the reader checks.
+RECORD_FIELDS: tuple[str, ...] = tuple(name for name in SCHEMA if name != "checksum")
 
 # name -> meaning, stored as each dataset's ``description`` attribute so ``h5ls -v`` and
 # ``h5dump -A`` explain a shard without this code. Informational only: readers ignore it.
@@ -92,11 +106,25 @@ DESCRIPTIONS: dict[str, str] = {
     "pair": "(dominant cluster, phantom cluster) co-occurrence matrix indices, -1 if none",
     "instances": "object instances in the source annotation (-1 unknown)",
     "occluded": "per-object VOC occluded flags (empty if unknown)",
+    "checksum": "CRC-32 of the sample's stored bytes, all other fields in schema order, each as "
+                "a 4-byte little-endian length then its bytes (strings UTF-8, numbers little-endian)",
 }
 
 
 class ShardError(ValueError):
     """A shard or shard directory that is missing, corrupt or of another format."""
+
+
+class CorruptSample(ShardError):
+    """One sample whose stored bytes do not match its checksum (or cannot be read at all)."""
+
+    def __init__(self, path: Path, index: int, key: str, what: str = "checksum mismatch"):
+        self.path, self.index, self.key, self.what = Path(path), index, key, what
+        super().__init__(f"{path}: sample {index} (key {key!r}) is corrupt ({what}); "
+                         f"`blendgen verify {Path(path).parent}` lists every damaged sample")
+
+    def __reduce__(self):  # DataLoader workers pickle the errors they report
+        return CorruptSample, (self.path, self.index, self.key, self.what)
 
 
 # -- codecs -----------------------------------------------------------------------------------
@@ -256,7 +284,60 @@ def _attr_value(v):
 
 
 def _str(v) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's text on one line (HDF5's messages span several)."""
+    return " ".join(str(exc).split())
+
+
+# -- checksums --------------------------------------------------------------------------------
+# Fields read sample by sample; the others are small and read whole, once per reader.
+_PER_SAMPLE_FIELDS = ("image", "label", "phantom_label")
+_COLUMN_FIELDS = tuple(name for name in RECORD_FIELDS if name not in _PER_SAMPLE_FIELDS)
+
+
+def field_bytes(name: str, value) -> bytes:
+    """The canonical bytes of one stored field value, as the checksum sees them: what was
+    written and what is read back give the same bytes (h5py returns strings as bytes)."""
+    dtype, _ = SCHEMA[name]
+    if dtype is _VLEN_U8:
+        return np.asarray(value, dtype=np.uint8).tobytes()
+    if dtype is _STR:
+        return value if isinstance(value, bytes) else str(value).encode("utf-8")
+    return np.asarray(value, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
+
+
+def _crc_fields(record: dict, names: tuple[str, ...], crc: int = 0) -> int:
+    # Length-prefixed, so moving bytes from one field to the next changes the checksum.
+    for name in names:
+        b = field_bytes(name, record[name])
+        crc = zlib.crc32(b, zlib.crc32(len(b).to_bytes(4, "little"), crc))
+    return crc
+
+
+def record_checksum(record: dict) -> int:
+    """CRC-32 of every field of a record (the small ones first, then image and label maps):
+    one per sample, as TFRecord keeps one per record. CRC-32 rather than CRC-32C because
+    zlib's is in the standard library and as fast here (docs/storage.md has its cost)."""
+    return _crc_fields(record, _PER_SAMPLE_FIELDS, _crc_fields(record, _COLUMN_FIELDS))
+
+
+def check_links(f: h5py.File, where: str) -> None:
+    """Refuse a shard whose datasets would read bytes from other files: external or soft
+    links, external raw storage, virtual datasets. A shard is one self-contained file."""
+    for name in SCHEMA:
+        link = f.get(name, getlink=True)
+        if link is None:
+            raise ShardError(f"{where}: dataset {name!r} missing")
+        if not isinstance(link, h5py.HardLink):
+            raise ShardError(f"{where}: {name!r} is a {type(link).__name__} (shards must be self-contained)")
+        ds = f[name]
+        if not isinstance(ds, h5py.Dataset):
+            raise ShardError(f"{where}: {name!r} is not a dataset")
+        if ds.external or ds.is_virtual:
+            raise ShardError(f"{where}: dataset {name!r} stores its bytes in other files (shards must be self-contained)")
 
 
 # -- writing ----------------------------------------------------------------------------------
@@ -298,11 +379,11 @@ class ShardWriter:
         return self
 
     def write(self, record: dict) -> None:
-        missing = SCHEMA.keys() - record.keys()
-        extra = record.keys() - SCHEMA.keys()
+        missing = set(RECORD_FIELDS) - record.keys()
+        extra = record.keys() - set(RECORD_FIELDS)
         if missing or extra:
             raise ValueError(f"record {record.get('key')!r}: missing fields {sorted(missing)}, unknown {sorted(extra)}")
-        self._buffer.append(record)
+        self._buffer.append({**record, "checksum": record_checksum(record)})
         if len(self._buffer) >= self.block:
             self._flush()
 
@@ -383,9 +464,10 @@ def verify_shard(path: str | Path, expected: int | None = None) -> int:
         with h5py.File(path, "r") as f:
             ShardHeader.from_attrs(f.attrs, str(path))
             n = int(f.attrs["num_samples"])
+            check_links(f, str(path))
             for name in SCHEMA:
-                if name not in f or f[name].shape[0] != n:
-                    raise ShardError(f"{path}: dataset {name!r} missing or not of length {n}")
+                if f[name].shape[0] != n:
+                    raise ShardError(f"{path}: dataset {name!r} is not of length {n}")
     except OSError as exc:
         raise ShardError(f"{path}: not a readable HDF5 file ({exc})") from None
     if expected is not None and n != expected:
@@ -394,8 +476,6 @@ def verify_shard(path: str | Path, expected: int | None = None) -> int:
 
 
 # -- reading ----------------------------------------------------------------------------------
-# Fields read sample by sample; the others are small and read whole, once per reader.
-_PER_SAMPLE_FIELDS = ("image", "label", "phantom_label")
 
 
 class ShardReader:
@@ -409,58 +489,117 @@ class ShardReader:
     then costs three reads (image, label, phantom label) instead of fourteen reads and lookups.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, check: bool = True):
         self.path = Path(path)
+        self.check = check  # recompute each sample's checksum on read (off only to measure its cost)
         self._file: h5py.File | None = None
         self._pid = None
         self._datasets: dict | None = None  # name -> h5py.Dataset, per-sample fields
-        self._columns: dict | None = None  # name -> whole column, the small fields
-        with h5py.File(self.path, "r") as f:
-            self.header = ShardHeader.from_attrs(f.attrs, str(self.path))
-            self.num_samples = int(f.attrs["num_samples"])
+        self._columns: dict | None = None  # name -> whole column, the small fields and checksums
+        self._column_crc: list[int] | None = None  # per sample: the checksum of its small fields
+        try:
+            with h5py.File(self.path, "r") as f:
+                self.header = ShardHeader.from_attrs(f.attrs, str(self.path))
+                self.num_samples = int(f.attrs["num_samples"])
+                check_links(f, str(self.path))
+        except OSError as exc:
+            raise ShardError(f"{self.path}: not a readable HDF5 file ({one_line(exc)})") from None
 
     def __len__(self) -> int:
         return self.num_samples
 
     def __getstate__(self):
-        return {"path": self.path, "header": self.header, "num_samples": self.num_samples}
+        return {"path": self.path, "check": self.check, "header": self.header, "num_samples": self.num_samples}
 
     def __setstate__(self, state):
-        self.__dict__.update(state, _file=None, _pid=None, _datasets=None, _columns=None)
+        self.__dict__.update(state, _file=None, _pid=None, _datasets=None, _columns=None, _column_crc=None)
 
     @property
     def file(self) -> h5py.File:
         if self._file is None or self._pid != os.getpid():
-            self._file = h5py.File(self.path, "r")
+            try:
+                self._file = h5py.File(self.path, "r")
+            except OSError as exc:
+                raise ShardError(f"{self.path}: not a readable HDF5 file ({one_line(exc)})") from None
             self._pid = os.getpid()
-            self._datasets = self._columns = None  # handles of another process are stale
+            self._datasets = self._columns = self._column_crc = None  # handles of another process are stale
         return self._file
 
     def close(self) -> None:
         if self._file is not None and self._pid == os.getpid():
             self._file.close()
         self._file = None
-        self._datasets = self._columns = None
+        self._datasets = self._columns = self._column_crc = None
 
     def _load(self) -> None:
         f = self.file
-        if self._datasets is None:
-            self._datasets = {name: f[name] for name in _PER_SAMPLE_FIELDS}
-            self._columns = {name: f[name][:] for name in SCHEMA if name not in _PER_SAMPLE_FIELDS}
+        if self._datasets is not None:
+            return
+        try:
+            datasets = {name: f[name] for name in _PER_SAMPLE_FIELDS}
+            columns = {name: f[name][:] for name in (*_COLUMN_FIELDS, "checksum")}
+        except OSError as exc:  # damaged chunk index or heap: the whole shard is unreadable
+            raise ShardError(f"{self.path}: unreadable ({one_line(exc)})") from None
+        short = [name for name, c in columns.items() if len(c) != self.num_samples]
+        if short:
+            raise ShardError(f"{self.path}: dataset {short[0]!r} is not of length {self.num_samples}")
+        # The small fields are read from disk once per reader, so their share of each
+        # sample's checksum is computed once too, here.
+        self._datasets, self._columns = datasets, columns
+        if self.check:
+            self._column_crcs()
+
+    def _column_crcs(self) -> list[int]:
+        # The small fields are read from disk once per reader, so their share of each
+        # sample's checksum is computed once too.
+        if self._column_crc is None:
+            columns = self._columns
+            self._column_crc = [_crc_fields({n: c[i] for n, c in columns.items()}, _COLUMN_FIELDS)
+                                for i in range(self.num_samples)]
+        return self._column_crc
+
+    def key(self, i: int) -> str:
+        self._load()
+        return _str(self._columns["key"][i])
 
     def read_raw(self, i: int) -> dict:
-        """The stored record of sample ``i`` (encoded bytes, no decoding)."""
+        """The stored record of sample ``i`` (encoded bytes, no decoding), its checksum checked:
+        :class:`CorruptSample` if the bytes differ from what was written."""
         if not 0 <= i < self.num_samples:
             raise IndexError(f"{self.path}: sample {i} out of range 0..{self.num_samples - 1}")
         self._load()
-        record = {name: ds[i] for name, ds in self._datasets.items()}
-        for name, column in self._columns.items():
-            value = column[i]
+        try:
+            record = {name: ds[i] for name, ds in self._datasets.items()}
+        except OSError as exc:
+            raise CorruptSample(self.path, i, self.key(i), f"unreadable: {one_line(exc)}") from None
+        if self.check and (_crc_fields(record, _PER_SAMPLE_FIELDS, self._column_crc[i])
+                           != int(self._columns["checksum"][i])):
+            raise CorruptSample(self.path, i, self.key(i))
+        for name in _COLUMN_FIELDS:
+            value = self._columns[name][i]
             record[name] = value.copy() if isinstance(value, np.ndarray) else value  # callers may modify it
-        return {name: record[name] for name in SCHEMA}
+        return {name: record[name] for name in RECORD_FIELDS}
 
     def read(self, i: int) -> Sample:
         return decode_record(self.read_raw(i))
+
+    def corrupt_samples(self) -> Iterator[CorruptSample]:
+        """Check every sample's checksum (reading its bytes, decoding nothing) and yield one
+        :class:`CorruptSample` per damaged sample. ShardError if the shard cannot be read at all."""
+        self._load()
+        for i in range(self.num_samples):
+            try:
+                record = {name: ds[i] for name, ds in self._datasets.items()}
+            except OSError as exc:
+                yield CorruptSample(self.path, i, self.key(i), f"unreadable: {one_line(exc)}")
+                continue
+            if _crc_fields(record, _PER_SAMPLE_FIELDS, self._column_crcs()[i]) != int(self._columns["checksum"][i]):
+                yield CorruptSample(self.path, i, self.key(i))
+
+    def check_all(self) -> None:
+        """CorruptSample for the first damaged sample, if any."""
+        for problem in self.corrupt_samples():
+            raise problem
 
     def __iter__(self):
         for i in range(self.num_samples):
@@ -499,19 +638,13 @@ class ShardDir:
 
     @classmethod
     def open(cls, path: str | Path) -> "ShardDir":
+        """Open a shard directory: its manifest well-formed, every listed shard a plain file of
+        this directory whose header (format, kind, split, classes, codec, sample count) agrees
+        with the manifest. Cheap (one header per shard); :func:`blendgen.verify` reads the bytes."""
         path = Path(path)
-        mpath = path / MANIFEST
-        if not mpath.is_file():
-            raise ShardError(f"{mpath}: missing; not a shard directory (run `blendgen mix` or `blendgen pack`)")
-        try:
-            manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError as exc:
-            raise ShardError(f"{mpath}: unreadable manifest ({exc})") from None
-        if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-            raise ShardError(f"{mpath}: not a {FORMAT} v{FORMAT_VERSION} manifest")
+        manifest = load_manifest(path)
         for entry in manifest["shards"]:
-            if not (path / entry["name"]).is_file():
-                raise ShardError(f"{path / entry['name']}: listed in the manifest but missing")
+            check_against_manifest(path / entry["name"], entry, manifest)
         return cls(path=path, manifest=manifest)
 
     @property
@@ -534,12 +667,94 @@ class ShardDir:
     def readers(self) -> list[ShardReader]:
         return [ShardReader(p) for p in self.shard_paths]
 
-    def verify(self) -> None:
-        """Recompute every checksum against the manifest."""
-        for entry in self.manifest["shards"]:
-            p = self.path / entry["name"]
-            if sha256_file(p) != entry["sha256"]:
-                raise ShardError(f"{p}: checksum differs from the manifest")
+    def verify(self, workers: int = 1) -> None:
+        """Every byte against the manifest and the per-sample checksums (what ``blendgen
+        verify`` does); ShardError with the first problem found."""
+        from .verify import first_problem, verify_directory
+
+        problem = first_problem(verify_directory(self.path, workers, progress=False))
+        if problem is not None:
+            raise problem
+
+
+def load_manifest(directory: str | Path) -> dict:
+    """The parsed ``manifest.json`` of a shard directory, checked for shape: ShardError in one
+    line naming the file and what is wrong."""
+    mpath = Path(directory) / MANIFEST
+    if not mpath.is_file():
+        raise ShardError(f"{mpath}: missing; not a shard directory (run `blendgen mix` or `blendgen pack`)")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ShardError(f"{mpath}: unreadable manifest ({exc})") from None
+    except OSError as exc:
+        raise ShardError(f"{mpath}: unreadable manifest ({exc.strerror or exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ShardError(f"{mpath}: not a {FORMAT} manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ShardError(f"{mpath}: format version {manifest.get('format_version')!r} (this tool reads "
+                         f"{FORMAT_VERSION}); regenerate the directory with this version's `blendgen mix` / `pack`")
+    for key, kind in (("shards", list), ("classes", dict), ("kind", str), ("split", str)):
+        if not isinstance(manifest.get(key), kind):
+            raise ShardError(f"{mpath}: {key!r} missing or not a {kind.__name__}")
+    try:
+        ClassSet.from_json(manifest["classes"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ShardError(f"{mpath}: malformed 'classes' ({exc})") from None
+    names = [check_entry(e, i, mpath) for i, e in enumerate(manifest["shards"])]
+    if len(set(names)) != len(names):
+        raise ShardError(f"{mpath}: shard {next(n for n in names if names.count(n) > 1)!r} is listed twice")
+    total = sum(e["samples"] for e in manifest["shards"])
+    if manifest.get("num_samples", total) != total:
+        raise ShardError(f"{mpath}: num_samples {manifest['num_samples']!r} is not the sum of the shards' {total}")
+    return manifest
+
+
+def check_entry(entry, i: int, mpath: Path) -> str:
+    """One ``shards`` entry well-formed, naming a plain file of the manifest's directory (a
+    manifest must not send readers to another directory's shards); returns the name."""
+    if not isinstance(entry, dict):
+        raise ShardError(f"{mpath}: shards[{i}] is not an object")
+    name = entry.get("name")
+    if not isinstance(name, str) or not plain_name(name):
+        raise ShardError(f"{mpath}: shards[{i}] name {name!r} is not a plain file name in this directory")
+    if not isinstance(entry.get("samples"), int) or isinstance(entry.get("samples"), bool) or entry["samples"] < 0:
+        raise ShardError(f"{mpath}: shards[{i}] ({name}) 'samples' missing or not a count")
+    if not isinstance(entry.get("sha256"), str) or len(entry["sha256"]) != 64:
+        raise ShardError(f"{mpath}: shards[{i}] ({name}) 'sha256' missing or not a SHA-256 hex digest")
+    if not isinstance(entry.get("bytes"), int) or isinstance(entry.get("bytes"), bool):
+        raise ShardError(f"{mpath}: shards[{i}] ({name}) 'bytes' missing or not a size")
+    return name
+
+
+def plain_name(name: str) -> bool:
+    """A file name without any directory part, not hidden, not '.' or '..'."""
+    return bool(name) and name == os.path.basename(name) and "\\" not in name and not name.startswith(".")
+
+
+def check_against_manifest(path: Path, entry: dict, manifest: dict) -> ShardHeader:
+    """A listed shard's own header agrees with the manifest: ShardError naming the difference."""
+    if not path.is_file():
+        raise ShardError(f"{path}: listed in the manifest but missing")
+    reader_header, n = read_header(path)
+    expected = {"kind": manifest["kind"], "split": manifest["split"], "samples": entry["samples"],
+                "classes": ClassSet.from_json(manifest["classes"])}
+    found = {"kind": reader_header.kind, "split": reader_header.split, "samples": n, "classes": reader_header.classes}
+    for key in ("image_codec",):
+        if key in manifest:
+            expected[key], found[key] = manifest[key], getattr(reader_header, key)
+    wrong = [k for k in expected if expected[k] != found[k]]
+    if wrong:
+        k = wrong[0]
+        what = "class set" if k == "classes" else f"{k} {found[k]!r}, the manifest says {expected[k]!r}"
+        raise ShardError(f"{path}: does not match the manifest ({what if k != 'classes' else 'other ' + what})")
+    return reader_header
+
+
+def read_header(path: str | Path) -> tuple[ShardHeader, int]:
+    """A shard's header and sample count, after the self-containment check."""
+    r = ShardReader(path)
+    return r.header, r.num_samples
 
 
 def manifest_dict(header: ShardHeader, shards: list[dict], cooccurrence: np.ndarray | None = None,
