@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-DATASET_KINDS = ["voc", "voc-aug", "coco", "folder"]
+DATASET_KINDS = ["voc", "voc-aug", "coco", "folder", "saliency"]
 _python_formatwarning = warnings.formatwarning
 
 
@@ -71,8 +71,11 @@ def blendgen():
 @click.option("--object-scale", type=click.FloatRange(0.25, 3), default=1.0, show_default=True,
               help="Object size relative to the image (ours; docs/experiments.md: 1.0 covers 9% of the pixels, 1.7 about 23%).")
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Processes.")
+@click.option("--task", type=click.Choice(["segmentation", "saliency"]), default="segmentation", show_default=True,
+              help="saliency: the same scenes as DUTS-TR / ECSSD folders, the front-most object salient "
+                   "(docs/saliency.md).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def synth(out, seed, num_train, num_val, min_size, max_size, object_scale, workers, quiet):
+def synth(out, seed, num_train, num_val, min_size, max_size, object_scale, workers, task, quiet):
     """Write the synthetic demo dataset in the PASCAL VOC 2012 layout.
 
     A miniature of VOC: the 20 VOC classes as textured shapes on varied backgrounds, 1-4
@@ -82,15 +85,23 @@ def synth(out, seed, num_train, num_val, min_size, max_size, object_scale, worke
     \b
     Example:
       blendgen synth --out data/demo-voc --seed 0
+      blendgen synth --task saliency --out data/demo-sod --seed 1
     """
     from blendgen.synth import SynthConfig, make_synthetic_voc
+    from blendgen.synth_saliency import make_synthetic_saliency
 
     try:
         config = SynthConfig(out=out, seed=seed, num_train=num_train, num_val=num_val,
                              min_size=min_size, max_size=max_size, object_scale=object_scale, workers=workers)
-        summary = make_synthetic_voc(config, progress=not quiet)
+        make = make_synthetic_saliency if task == "saliency" else make_synthetic_voc
+        summary = make(config, progress=not quiet)
     except (ValueError, FileExistsError) as exc:
         _fail(exc)
+    if task == "saliency":
+        click.echo(f"wrote {out}: " + ", ".join(f"{summary['layouts'][s]} {summary['images'][s]} images "
+                                                f"({100 * summary['salient_fraction'][s]:.1f}% salient pixels)"
+                                                for s in summary["images"]))
+        return
     images, objects, occluded = (summary[k] for k in ("images", "objects", "occluded_objects"))
     click.echo(f"wrote {out}: " + ", ".join(
         f"{split} {images[split]} images / {objects[split]} objects ({occluded[split]} occluded)" for split in images))
@@ -246,9 +257,11 @@ def _report_run(result, what: str) -> None:
 @click.option("--max-samples", type=click.IntRange(1), default=None,
               help="Write a seeded random subsample of this many planned samples (same seed, same subsample; "
                    "build-clusters prints the full plan's size).")
+@click.option("--task", type=click.Choice(["segmentation", "saliency"]), default="segmentation", show_default=True,
+              help="saliency: blend saliency masks, paired by the pseudo-label clusters (docs/saliency.md).")
 @_shard_write_options
-def mix(out, strategy, delta, seed, pairs, dest, max_samples, shard_size, workers, part, jpeg_quality, chroma, merge,
-        quiet):
+def mix(out, strategy, delta, seed, pairs, dest, max_samples, task, shard_size, workers, part, jpeg_quality, chroma,
+        merge, quiet):
     """Blend image pairs into HDF5 shards (OUT/mixed) from the build-clusters output.
 
     With the clustered strategy every image of cluster k is blended with one random image of
@@ -261,9 +274,13 @@ def mix(out, strategy, delta, seed, pairs, dest, max_samples, shard_size, worker
       blendgen mix --out out/ --delta 0.7:1.0 --workers 2
       blendgen mix --out out/ --part 1/2   # and --part 2/2 elsewhere
       blendgen mix --out out/ --max-samples 20000   # a seeded subsample of a large plan
+      blendgen mix --out out-sod/ --task saliency   # SourceSep-CC on a saliency set
     """
     from blendgen.mix import MixConfig, merge as merge_run, mix as run
     from blendgen.runner import WriteOptions
+
+    if task == "saliency":
+        from blendgen.saliency import saliency_mix as run
 
     try:
         config = MixConfig(out=out, strategy=strategy, delta=delta, seed=seed, pairs=pairs, dest=dest,
@@ -290,8 +307,12 @@ def mix(out, strategy, delta, seed, pairs, dest, max_samples, shard_size, worker
               help="The build-clusters output directory; shards go to OUT/SPLIT.")
 @click.option("--split", default="train", show_default=True, help="Split of the same dataset to pack (train, val, ...).")
 @click.option("--dest", type=click.Path(path_type=Path), default=None, help="Write the shards here instead of OUT/SPLIT.")
+@click.option("--task", type=click.Choice(["segmentation", "saliency"]), default="segmentation", show_default=True,
+              help="saliency: masks as labels, pseudo-label class sets for pairing (docs/saliency.md).")
+@click.option("--root", type=click.Path(path_type=Path), default=None,
+              help="--task saliency: another saliency dataset as this split (ECSSD as val). Default: the clustered one.")
 @_shard_write_options
-def pack(out, split, dest, shard_size, workers, part, jpeg_quality, chroma, merge, quiet):
+def pack(out, split, dest, task, root, shard_size, workers, part, jpeg_quality, chroma, merge, quiet):
     """Write a split's standard (unblended) images as HDF5 shards (OUT/train, OUT/val).
 
     Samples keep the class set, instance count and per-object occluded flags (evaluation
@@ -300,14 +321,23 @@ def pack(out, split, dest, shard_size, workers, part, jpeg_quality, chroma, merg
     \b
     Example:
       blendgen pack --out out/ --split val
+      blendgen pack --out out-sod/ --split val --task saliency --root data/ECSSD
     """
     from blendgen.pack import PackConfig, merge as merge_run, pack as run
     from blendgen.runner import WriteOptions
 
+    if root is not None and task != "saliency":
+        raise click.BadParameter("only with --task saliency (a segmentation split comes from the clustered dataset)",
+                                 param_hint="--root")
     try:
-        config = PackConfig(out=out, split=split, dest=dest,
-                            write=WriteOptions(shard_size=shard_size, workers=workers, part=part,
-                                               image_quality=jpeg_quality, image_chroma=chroma))
+        write = WriteOptions(shard_size=shard_size, workers=workers, part=part, image_quality=jpeg_quality,
+                             image_chroma=chroma)
+        if task == "saliency":
+            from blendgen.saliency import SaliencyPackConfig, saliency_pack as run
+
+            config = SaliencyPackConfig(out=out, split=split, root=root, dest=dest, write=write)
+        else:
+            config = PackConfig(out=out, split=split, dest=dest, write=write)
         if merge:
             manifest = merge_run(config)
             click.echo(f"wrote {config.directory}/manifest.json: {manifest['num_samples']} images "
@@ -317,6 +347,38 @@ def pack(out, split, dest, shard_size, workers, part, jpeg_quality, chroma, merg
     except (ValueError, OSError) as exc:
         _fail(exc)
     _report_run(result, "images")
+
+
+@blendgen.command("pseudo-label")
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True,
+              help="Any segmentation checkpoint (the paper: DeepLabv3 trained on VOC).")
+@click.option("--images", type=click.Path(path_type=Path), required=True, help="Folder of .jpg / .png images.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Folder for ID.png (palette PNGs of class ids) and classes.json.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--head", type=click.Choice(["auto", "t", "ss"]), default="auto", show_default=True,
+              help="Output to predict from; auto = S_t after stage 2, S_ss after stage 1.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def pseudo_label(checkpoint, images, out, device, head, quiet):
+    """Pseudo semantic labels of a folder of images (IJCV Sect. 4.5), for build-clusters --dataset saliency.
+
+    Each image becomes OUT/ID.png, written under a temporary name and renamed; a rerun skips
+    the files already there (resume). OUT/classes.json records the checkpoint's class set.
+
+    \b
+    Example:
+      blendgen pseudo-label --checkpoint runs/demo/stage2.pt --images data/demo-sod/DUTS-TR/DUTS-TR-Image --out pseudo/demo-sod
+      blendgen build-clusters --dataset saliency --root data/demo-sod/DUTS-TR --option pseudo_labels=pseudo/demo-sod --out out-sod/
+    """
+    from trainer.checkpoint import CheckpointError
+    from trainer.predict import PseudoLabelConfig, write_pseudo_labels
+
+    try:
+        done = write_pseudo_labels(PseudoLabelConfig(checkpoint=str(checkpoint), images=str(images), out=str(out),
+                                                     device=device, head=head), progress=not quiet)
+    except (ValueError, OSError, CheckpointError) as exc:
+        _fail(exc)
+    click.echo(f"{done['images']} images: {done['written']} labelled, {done['skipped']} already there -> {done['out']}")
 
 
 @blendgen.command("inspect")
@@ -543,6 +605,10 @@ def run_(shards, preset, no_ssh, no_denoise, resume, quiet, **options):
         click.echo(f"IoU per class on val (head {report['head']}):\n{per_class_text(report)}")
         click.echo(f"val mIoU {100 * report['miou']:.2f}  pixel acc {100 * report['pixel_acc']:.2f}  "
                    f"-> {report['report_dir']}/report.md")
+        if "saliency" in report:
+            s = report["saliency"]
+            click.echo(f"val max F_beta {s['max_fbeta']:.3f}  mean F_beta {s['mean_fbeta']:.3f}  MAE {s['mae']:.3f}  "
+                       f"-> {report['report_dir']}/saliency.png")
 
 
 @trainer.command("eval")
@@ -588,7 +654,11 @@ def run_(shards, preset, no_ssh, no_denoise, resume, quiet, **options):
 @click.option("--sigmas", callback=lambda c, p, v: _number_list(v, float, "--sigmas"), default="1,2,4,8,12",
               show_default=True, help="blur: Gaussian σ values in pixels.")
 @click.option("--seed", type=int, default=0, show_default=True, help="adversarial: PGD random starts.")
-def eval_(checkpoint, shards, split, eval_crop, batch_size, workers, device, head, out, quiet, suites, **suite_options):
+@click.option("--task", type=click.Choice(["auto", "segmentation", "saliency"]), default="auto", show_default=True,
+              help="saliency: max F_beta, mean F_beta, MAE and their curves (IJCV Table 7); auto = saliency on "
+                   "shards written with --task saliency.")
+def eval_(checkpoint, shards, split, eval_crop, batch_size, workers, device, head, out, quiet, suites, task,
+          **suite_options):
     """mIoU, per-class IoU and pixel accuracy of a checkpoint on one split (report.json, report.md);
     with --suite, the papers' complex-scene, out-of-context, adversarial and blur suites.
 
@@ -605,12 +675,23 @@ def eval_(checkpoint, shards, split, eval_crop, batch_size, workers, device, hea
                             out=None if out is None else str(out), progress=not quiet)
         if set(suites) != {"overall"}:
             return _eval_suites(config, suites, suite_options)
+        from trainer.saliency import evaluate_checkpoint_saliency, wants_saliency
+
+        if wants_saliency(task, config):
+            return _echo_saliency(evaluate_checkpoint_saliency(config), split)
         report = evaluate_checkpoint(config)
     except ValueError as exc:
         _fail(exc)
     if "report_dir" in report:
         click.echo(f"{split} mIoU {100 * report['miou']:.2f}  pixel acc {100 * report['pixel_acc']:.2f}  "
                    f"-> {report['report_dir']}/report.md")
+
+
+def _echo_saliency(report: dict, split: str) -> None:
+    if "report_dir" in report:
+        s = report["saliency"]
+        click.echo(f"{split} max F_beta {s['max_fbeta']:.3f}  mean F_beta {s['mean_fbeta']:.3f}  MAE {s['mae']:.3f}  "
+                   f"mIoU {100 * report['miou']:.2f}  -> {report['report_dir']}/saliency.json, saliency.png")
 
 
 def _number_list(value: str, kind, name: str) -> tuple:

@@ -99,16 +99,33 @@ def to_pixels(image: Tensor) -> Tensor:
     return image.round_().clamp_(0, 255).to(torch.uint8)
 
 
+def stored_presence(classes: list[tuple[int, ...]], columns: dict[int, int], device: torch.device) -> Tensor:
+    """(B, N) bool: the object classes of each sample's stored class set (batch["classes"]);
+    ``columns`` maps a label id to its co-occurrence matrix column."""
+    presence = torch.zeros(len(classes), len(columns), dtype=torch.bool)
+    for k, ids in enumerate(classes):
+        presence[k, [columns[c] for c in ids if c in columns]] = True
+    return presence.to(device, non_blocking=True)
+
+
 def mix_cooccurrence(x: Tensor, batch: dict, g: torch.Generator, *, cooc: Tensor, object_ids: Tensor,
-                     alpha: float, gamma: float, rule: str, ignore_index: int) -> tuple[Tensor, dict]:
+                     alpha: float, gamma: float, rule: str, ignore_index: int,
+                     class_columns: dict[int, int] | None = None) -> tuple[Tensor, dict]:
     """SourceSep-CM: every sample becomes the dominant of a blend with its most co-occurring batch
     mate (IJCV Algorithm 2); targets G_k and G_m*, and each pair's δ, for the stage-1 loss.
 
     ``rule`` "thres" is Algorithm 2 (δ = 0.9 for a pair over γ, "γ-thres"); "skip" is Table 11's
     "max = γ" rows, which "do not blend images if the maximum threshold is exceeded" (IJCV 5.3):
-    such a sample stays standard (δ = 1, no phantom target), as in a mixed shard."""
+    such a sample stays standard (δ = 1, no phantom target), as in a mixed shard.
+
+    ``class_columns`` (saliency, IJCV Sect. 4.5): pair by the samples' stored pseudo-label class
+    sets instead of the classes in their label maps, which are masks there."""
     label = batch["label"]  # (B, H, W)
-    if rule == "thres":
+    if class_columns is not None:
+        presence = stored_presence(batch["classes"], class_columns, x.device)  # (B, N)
+        mixed, dominant, phantom, delta = cooccurrence_mix(x, label, cooc, object_ids, alpha, gamma, g, ignore_index,
+                                                           presence=presence)
+    elif rule == "thres":
         mixed, dominant, phantom, delta = cooccurrence_mix(x, label, cooc, object_ids, alpha, gamma, g, ignore_index)
     else:
         mixed, dominant, phantom, delta = cooccurrence_mix(x, label, cooc, object_ids, alpha, math.inf, g, ignore_index)
@@ -134,13 +151,15 @@ def mix_cutmix(x: Tensor, batch: dict, g: torch.Generator, *, alpha: float) -> t
 
 
 def mix_mixup_cooccurrence(x: Tensor, batch: dict, g: torch.Generator, *, cooc: Tensor, object_ids: Tensor,
-                           alpha: float, ignore_index: int) -> tuple[Tensor, dict]:
+                           alpha: float, ignore_index: int, class_columns: dict[int, int] | None = None
+                           ) -> tuple[Tensor, dict]:
     """IJCV Table 10's "Mixup + Co-occurrence": Algorithm 2's pairing (each sample with its most
     co-occurring batch mate) and blend, then Mixup's single-head loss λ·CE(y_k) + (1-λ)·CE(y_m*).
     No γ rule (ours: the table names none), and λ is Algorithm 2's, folded to the sample's side
     (max(λ, 1-λ), as in SourceSep-CM)."""
+    presence = None if class_columns is None else stored_presence(batch["classes"], class_columns, x.device)
     mixed, dominant, phantom, lam = cooccurrence_mix(x, batch["label"], cooc, object_ids, alpha, math.inf, g,
-                                                     ignore_index)
+                                                     ignore_index, presence=presence)
     return to_pixels(mixed), {**batch, "label": dominant, "phantom": phantom, "delta": lam}
 
 
@@ -155,9 +174,16 @@ def batch_mixer(config: TrainConfig, stage: int, shards: ShardDir, device: torch
     cooc = shards.cooccurrence  # IJCV Algorithm 1, computed by build-clusters, carried by every manifest
     if cooc is None:
         raise ValueError(f"method: {config.method} needs a co-occurrence matrix; {shards.path}/manifest.json has none")
+    # Saliency shards (blendgen saliency-pack) pair by pseudo-label classes, a label space of their own.
+    saliency = shards.manifest.get("pairing")
+    object_ids = saliency["object_ids"] if saliency else shards.manifest["object_ids"]
     pairing = dict(cooc=torch.as_tensor(cooc, dtype=torch.float64, device=device),
-                   object_ids=torch.as_tensor(shards.manifest["object_ids"], dtype=torch.long, device=device),
+                   object_ids=torch.as_tensor(object_ids, dtype=torch.long, device=device),
                    alpha=config.alpha, ignore_index=shards.classes.ignore_index)
+    if saliency:
+        if config.method == "sourcesep-cm" and config.gamma_rule == "skip":
+            raise ValueError(f"gamma_rule: skip is not implemented for saliency shards ({shards.path}); use thres")
+        pairing["class_columns"] = {int(c): r for r, c in enumerate(object_ids)}
     if config.method == "mixup-cm":
         return partial(mix_mixup_cooccurrence, **pairing)
     return partial(mix_cooccurrence, **pairing, gamma=config.gamma, rule=config.gamma_rule)

@@ -166,6 +166,7 @@ def cooccurrence_mix(
     gamma: float,
     generator: torch.Generator,
     ignore_index: int = 255,
+    presence: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """SourceSep-CM: blend each sample with its most co-occurring batch mate (IJCV Algorithm 2).
 
@@ -176,9 +177,13 @@ def cooccurrence_mix(
     δ ~ Beta(α, α) once per batch (α = 0: δ = 1); the dominant gets the larger share,
     max(δ, 1-δ) (ours: the text "assigns more weight on the dominant"). A pair with more than
     ``gamma`` object classes in all gets δ = 0.9 ("γ-thres", IJCV Table 11; also when α = 0, as
-    printed); ``gamma = math.inf`` turns this off."""
+    printed); ``gamma = math.inf`` turns this off.
+
+    ``presence`` (B, N) bool: the class sets to pair by, when they are not those of ``label``
+    (saliency: the label is a mask, the classes come from pseudo labels, IJCV Sect. 4.5)."""
     _check_batch(image, label)
-    presence = class_presence(label, object_ids, ignore_index)  # (B, N)
+    if presence is None:
+        presence = class_presence(label, object_ids, ignore_index)  # (B, N)
     delta = _mixing_weight(alpha, generator, image.device)  # () steps 1-5
     delta = torch.maximum(delta, 1 - delta).to(torch.float32)  # () dominant >= 1/2
     partner, num_categories = cooccurrence_pairing(presence, cooc_matrix, generator)  # (B,), (B,)

@@ -19,6 +19,7 @@ Tables, each with rows only for runs that exist:
 | ``ssh`` | w/ and w/o the source separation head (IJCV Table 9) | SourceSep runs differ in SSH |
 | ``pairing`` | offline pairing strategy and δ (BMVC Table 5a) | SourceSep-CC runs differ in them |
 | ``gamma`` | max unique categories γ (IJCV Table 11) | SourceSep-CM runs differ in γ, its rule or α |
+| ``saliency`` | max F_β and MAE (IJCV Table 7) | runs on saliency shards (trainer.saliency) |
 | ``per_class`` | IoU of every class | always |
 
 The ablation tables repeat the DeepLabv3 baseline rows, as the papers do.
@@ -52,6 +53,7 @@ from pathlib import Path
 
 from .config import DEFAULT_ALPHA, DEFAULT_GAMMA, PRESETS, TWO_BRANCH_METHODS, TrainConfig
 from .curves import draw_runs
+from .saliency import saliency_tables
 from .suites import report_tables
 from .tables import Table
 
@@ -401,6 +403,12 @@ def _separation(a: Spread, b: Spread) -> str:
 def suite_tables(runs: list[RunRecord]) -> list[Table]:
     """The evaluation suites of ``trainer eval --suite`` (IJCV Tables 4-6, Fig. 5, blur); trainer.suites."""
     return report_tables(runs)
+
+
+@table_builder("saliency")
+def saliency_table(runs: list[RunRecord]) -> list[Table]:
+    """Salient object detection, max F_β and MAE (IJCV Table 7); trainer.saliency."""
+    return saliency_tables(runs)
 
 
 @table_builder("miou")

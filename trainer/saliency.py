@@ -153,6 +153,18 @@ def is_saliency(manifest: dict) -> bool:
     return manifest.get("task") == TASK
 
 
+def wants_saliency(task: str, config) -> bool:
+    """``trainer eval --task``: saliency when asked, or (auto) when the split's manifest says so."""
+    if task != "auto":
+        return task == TASK
+    from blendgen.shards import ShardDir, ShardError
+
+    try:
+        return is_saliency(ShardDir.open(Path(config.shards) / config.split).manifest)
+    except ShardError:
+        return False  # evaluate_checkpoint reports the missing or broken split
+
+
 # -- the evaluation pass --------------------------------------------------------------------------
 @torch.inference_mode()
 def evaluate_saliency(model: nn.Module, loader, d, head: str = "t", amp_dtype: torch.dtype | None = None,

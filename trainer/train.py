@@ -49,6 +49,7 @@ from .curves import draw_curves
 from .evaluate import eval_head, eval_loader, evaluate_heads, make_report, write_report
 from .methods import Criterion, Mixer, batch_generator, batch_mixer, criterion, mixed_generation, stage_dir
 from .model import ModelConfig, build_model, configure_stage
+from .saliency import evaluate_saliency, is_saliency, saliency_report, write_saliency
 from .transforms import normalize, train_transform
 
 
@@ -530,7 +531,14 @@ def final_evaluation(r: Run, model: nn.Module, position: Position | None) -> dic
     if len(cms) > 1:  # both of the two-branch network's predictions: S_t (ours) and S_ss (the paper's)
         report["by_head"] = {h: {k: v for k, v in make_report(cm, r.classes).items() if k != "pixels"}
                              for h, cm in cms.items()}
+    if is_saliency(shards.manifest):  # IJCV Table 7: max F_β, MAE of the same head (trainer.saliency)
+        loader = eval_loader(shards, c.eval_crop, c.eval_batch_size, c.workers, r.dist)
+        start = time.perf_counter()
+        meter = evaluate_saliency(model, loader, r.dist, head, r.amp_dtype, c.progress)
+        report["saliency"] = saliency_report(meter, time.perf_counter() - start)
     if r.dist.is_main:
         write_report(r.dir, report)
+        if "saliency" in report:
+            write_saliency(r.dir, report["saliency"], title=r.dir.name)
         report["report_dir"] = str(r.dir)  # only where it was written: the CLI prints it once
     return report

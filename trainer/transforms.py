@@ -216,7 +216,10 @@ def to_sample(sample, transform: Transform, rng: np.random.Generator) -> dict:
     """A decoded ``blendgen.shards.Sample`` -> a dict ``collate`` batches."""
     image, label, phantom = transform(sample.image, sample.label, sample.phantom_label, rng)
     x, y, z = to_tensors(image, label, phantom)
-    return {"image": x, "label": y, "phantom": z, "delta": float(sample.delta), "key": sample.key}
+    # "classes": the image-level object class set stored with the sample; saliency samples pair
+    # by it (their label is a mask; the classes are pseudo labels, trainer.methods).
+    return {"image": x, "label": y, "phantom": z, "delta": float(sample.delta), "key": sample.key,
+            "classes": tuple(sample.dominant_classes)}
 
 
 _TENSOR_KEYS = ("image", "label", "phantom")
