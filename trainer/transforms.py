@@ -219,7 +219,7 @@ def to_sample(sample, transform: Transform, rng: np.random.Generator) -> dict:
     # "classes": the image-level object class set stored with the sample; saliency samples pair
     # by it (their label is a mask; the classes are pseudo labels, trainer.methods).
     return {"image": x, "label": y, "phantom": z, "delta": float(sample.delta), "key": sample.key,
-            "classes": tuple(sample.dominant_classes)}
+            "classes": tuple(getattr(sample, "dominant_classes", ()))}
 
 
 _TENSOR_KEYS = ("image", "label", "phantom")
