@@ -776,7 +776,10 @@ def uap_(checkpoint, shards, mode, eps, size, iters, step_size, lr, part, val_im
 @click.option("--notes", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Markdown shown under the title, e.g. how the data was made.")
 @click.option("--title", default="Results", show_default=True, help="The page's title.")
-def report_(runs, out, page, notes, title):
+@click.option("--head", type=click.Choice(["paper", "t", "ss"]), default="paper", show_default=True,
+              help="Prediction to report: paper = S_ss of the source separation network (IJCV 3.2.2), the baselines' "
+                   "one head; t / ss = that head where the run recorded it (report.json by_head).")
+def report_(runs, out, page, notes, title, head):
     """Finished runs side by side: the papers' tables (IJCV Tables 1, 8, 9, 11; BMVC Table 5a)
     as Markdown and CSV, and a bar chart of mIoU. Runs of different datasets, class sets or
     evaluation crops are refused.
@@ -789,11 +792,12 @@ def report_(runs, out, page, notes, title):
 
     try:
         config = ReportConfig(runs=tuple(str(r) for r in runs), out=str(out), page=None if page is None else str(page),
-                              notes=None if notes is None else str(notes), title=title)
+                              notes=None if notes is None else str(notes), title=title, head=head)
         result = make_report(config)
     except (ValueError, OSError) as exc:
         _fail(exc)
-    click.echo(f"{result['runs']} runs, tables {', '.join(result['tables'])} -> {result['page']}, {result['chart']}")
+    click.echo(f"{result['runs']} runs (head: {head}), tables {', '.join(result['tables'])} -> {result['page']}, "
+               f"{result['chart']}")
 
 
 @trainer.command("predict")

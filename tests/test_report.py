@@ -20,7 +20,7 @@ CLASSES = ["background", "disc", "bar", "box"]
 DATASET = {"source": {"kind": "voc", "root": "/data/demo", "split": "val"}, "ids_sha256": "abc", "samples": 8}
 
 
-def fake_run(root, name, miou, stage=2, dataset=DATASET, classes=CLASSES, eval_crop=None, **config):
+def fake_run(root, name, miou, stage=2, dataset=DATASET, classes=CLASSES, eval_crop=None, by_head=None, **config):
     """A finished run directory as trainer run leaves it (config.json, report.json)."""
     d = root / name
     d.mkdir(parents=True)
@@ -30,6 +30,9 @@ def fake_run(root, name, miou, stage=2, dataset=DATASET, classes=CLASSES, eval_c
     report = {"split": "val", "run": str(d), "method": c.method, "stage": stage, "head": head, "dataset": dataset,
               "eval_crop": eval_crop, "miou": miou, "pixel_acc": 0.9, "mean_acc": 0.5, "total_time_s": 300.0,
               "per_class_iou": {k: miou for k in classes}}
+    if by_head:  # {head: mIoU}, as trainer run records both heads of the two-branch network
+        report["by_head"] = {h: {"miou": v, "pixel_acc": 0.9, "mean_acc": 0.5, "per_class_iou": {k: v for k in classes}}
+                             for h, v in by_head.items()}
     (d / "report.json").write_text(json.dumps(report))
     return d
 
@@ -54,12 +57,12 @@ def test_overall_table_orders_the_methods_as_the_paper(five, tmp_path):
     result = make_report(ReportConfig(runs=tuple(map(str, five)), out=str(tmp_path / "rep")))
     assert result["tables"] == ["overall", "per_class"]  # no ablation varies: no ablation table
     rows = _rows(tmp_path / "rep" / "overall.csv")
-    assert rows[0] == ["method", "variant", "backbone", "mIoU", "pixel acc", "mean class acc", "run"]
+    assert rows[0] == ["method", "variant", "backbone", "head", "mIoU", "pixel acc", "mean class acc", "run"]
     assert [r[0] for r in rows[1:]] == ["DeepLabv3", "DeepLabv3 + Mixup", "DeepLabv3 + CutMix",
                                         "DeepLabv3 + SourceSep-CC", "DeepLabv3 + SourceSep-CM"]
-    assert [r[3] for r in rows[1:]] == ["5.0000", "4.0000", "6.0000", "8.0000", "9.0000"]
+    assert [r[4] for r in rows[1:]] == ["5.0000", "4.0000", "6.0000", "8.0000", "9.0000"]
     page = (tmp_path / "rep" / "report.md").read_text()
-    assert "| DeepLabv3 + SourceSep-CM | - | resnet50 | 9.00 |" in page
+    assert "| DeepLabv3 + SourceSep-CM | - | resnet50 | S_t | 9.00 |" in page  # no by_head recorded: its own head
     assert "![mIoU by run](miou.png)" in page and (tmp_path / "rep" / "miou.png").stat().st_size > 1000
     assert "| deeplabv3 | DeepLabv3 | 450 (one stage) |" in page and "| cm | DeepLabv3 + SourceSep-CM | 300 + 150 |" in page
     assert "trainer run --shards /data/out --method sourcesep-cm --name cm --iters1 300 --iters2 150" in page
@@ -171,7 +174,7 @@ def test_report_of_a_real_tiny_run_with_fake_companions(shared_shards, tmp_path)
     assert result.exit_code == 0, result.output
     rows = _rows(tmp_path / "rep" / "overall.csv")
     assert [r[-1] for r in rows[1:]] == ["real", "cm"]
-    assert float(rows[1][3]) == pytest.approx(100 * real["miou"], abs=1e-4)
+    assert float(rows[1][4]) == pytest.approx(100 * real["miou"], abs=1e-4)
 
 
 def test_seeds_of_one_setting_give_mean_std_and_a_verdict_against_the_spread(tmp_path):
@@ -199,3 +202,30 @@ def test_seeds_of_one_setting_give_mean_std_and_a_verdict_against_the_spread(tmp
 def test_one_seed_per_setting_adds_no_seed_tables(five, tmp_path):
     result = make_report(ReportConfig(runs=tuple(map(str, five)), out=str(tmp_path / "rep")))
     assert not {"seeds", "per_class_seeds", "differences"} & set(result["tables"])
+
+
+def test_report_takes_the_papers_head_by_default_and_says_which(tmp_path):
+    steps = dict(iters1=3, iters2=2)
+    runs = [fake_run(tmp_path, "cm", 0.09, method="sourcesep-cm", by_head={"t": 0.09, "ss": 0.10}, **steps),
+            fake_run(tmp_path, "cm-no-ssh", 0.07, method="sourcesep-cm", ssh=False, by_head={"t": 0.07}, **steps),
+            fake_run(tmp_path, "deeplabv3", 0.05, stage=1, method="deeplabv3", **steps)]
+    args = ["report", *map(str, runs), "--out", str(tmp_path / "rep")]
+    result = CliRunner().invoke(trainer_cli, args)
+    assert result.exit_code == 0, result.output
+    assert "(head: paper)" in result.output
+    rows = {r[-1]: r for r in _rows(tmp_path / "rep" / "overall.csv")[1:]}
+    assert (rows["cm"][3], rows["cm"][4]) == ("S_ss", "10.0000")  # IJCV 3.2.2: the final dominant prediction
+    assert (rows["cm-no-ssh"][3], rows["deeplabv3"][3]) == ("S_t", "S_t")  # their one head
+    per_class = _rows(tmp_path / "rep" / "per_class.csv")
+    assert per_class[1][per_class[0].index("cm")] == "10.0000"  # every table takes the chosen head
+    page = (tmp_path / "rep" / "report.md").read_text()
+    assert "Prediction head: S_ss for the source separation network" in page
+    assert "| cm | DeepLabv3 + SourceSep-CM | 3 + 2 | 5.0 min | stage 2, head ss |" in page
+
+    result = CliRunner().invoke(trainer_cli, [*args, "--head", "t"])
+    assert result.exit_code == 0, result.output
+    rows = {r[-1]: r for r in _rows(tmp_path / "rep" / "overall.csv")[1:]}
+    assert (rows["cm"][3], rows["cm"][4]) == ("S_t", "9.0000")
+    assert "--head t" in (tmp_path / "rep" / "report.md").read_text()  # the command that made it
+    with pytest.raises(ValueError, match="^head:"):
+        ReportConfig(runs=("a",), out="o", head="p")

@@ -230,7 +230,12 @@ def test_trainer_uap_then_eval_all_suites_writes_tables_and_plots(tmp_path):
     plain = runner.invoke(trainer_cli, ["eval", "--checkpoint", str(ckpt), "--shards", str(root), "--workers", "0",
                                         "--device", "cpu", "--batch-size", "4", "--out", str(tmp_path / "plain")])
     assert plain.exit_code == 0, plain.output  # the suites' clean pass is plain `trainer eval`, to the bit
-    assert json.loads((tmp_path / "plain" / "report.json").read_text())["miou"] == suites["overall"]["miou"]
+    plain_report = json.loads((tmp_path / "plain" / "report.json").read_text())
+    assert plain_report["miou"] == suites["overall"]["miou"]
+    # every evaluation reports both heads of the two-branch network: S_t (predicted here) and S_ss
+    assert set(plain_report["by_head"]) == set(suites["overall"]["by_head"]) == {"t", "ss"}
+    assert suites["overall"]["by_head"]["t"]["miou"] == suites["overall"]["miou"] == plain_report["by_head"]["t"]["miou"]
+    assert suites["overall"]["by_head"]["ss"]["miou"] == plain_report["by_head"]["ss"]["miou"]
     assert suites["blur"]["image"][0] == suites["overall"]["miou"] == suites["adversarial"]["results"][0]["miou"]
     markdown = (out / "suites.md").read_text()
     assert "| # of images | 4 | 2 | 1 | 2 | 1 | 1 | 2 | 1 | 1 | 8 |" in markdown
@@ -308,6 +313,7 @@ def test_trainer_report_puts_suite_tables_of_runs_side_by_side(tmp_path):
     assert "| # of images | 3 | 3 | 3 | 3 | 3 | 3 | 3 | 3 | 3 | 9 |" in page
     assert "| DeepLabv3 | 40.00 | 20.00 |" in page and "| DeepLabv3 + SourceSep-CM | 50.00 | 25.00 |" in page
     assert (tmp_path / "rep" / "suite_adversarial.csv").read_text().startswith("run,clean,FGSM ε=8")
+    assert "(suites: S_t)" not in page  # the report's head is the suites' head (no by_head: S_t)
     assert "| DeepLabv3 + SourceSep-CM | objects only | 50.00 | 25.00 |" in page
 
 
@@ -355,3 +361,15 @@ def test_gd_uap_modes_differ_in_the_images_they_use(tmp_path):
     assert images == {"no-data": None, "range-prior": None, "partial-data": 2, "all-data": 8}
     made = json.loads((tmp_path / "all-data.json").read_text())
     assert made["val_images"] == 2 and [step for step, _ in made["validations"]] == [3]  # the end of a short run
+
+
+def test_suite_rows_name_the_head_when_the_report_shows_another():
+    from types import SimpleNamespace
+
+    from trainer.suites import _suite_label
+
+    record = SimpleNamespace(head="ss", report={"head": "ss"},
+                             evals={"eval-stage2-val/suites.json": {"suite_format": 1, "head": "t", "suites": {}}})
+    assert _suite_label("DeepLabv3 + SourceSep-CM", record) == "DeepLabv3 + SourceSep-CM (suites: S_t)"
+    record.head = "t"
+    assert _suite_label("DeepLabv3 + SourceSep-CM", record) == "DeepLabv3 + SourceSep-CM"

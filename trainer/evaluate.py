@@ -67,6 +67,17 @@ def eval_head(model: nn.Module, stage: int, head: str = "auto") -> str:
     return "ss" if stage == 1 and getattr(model, "ssh", None) is not None else "t"
 
 
+def prediction_heads(model: nn.Module) -> tuple[str, ...]:
+    """The model's predictions every evaluation reports (report.json ``by_head``): S_t, and S_ss
+    where the model has an SSH (the phantom S_p predicts the other image, not this one)."""
+    return ("t", "ss") if getattr(model, "ssh", None) is not None else ("t",)
+
+
+def by_head(cms: dict[str, ConfusionMatrix], classes: ClassSet) -> dict:
+    """{head: report without the pixel count} for report.json."""
+    return {h: {k: v for k, v in make_report(cm, classes).items() if k != "pixels"} for h, cm in cms.items()}
+
+
 def eval_loader(shards: ShardDir, crop: int | None, batch_size: int, workers: int, d: Dist) -> ShardStream:
     """This rank's exactly-once share of a split, in stored order."""
     dataset = ShardStream(shards, eval_transform(crop), batch_size, shuffle=False, drop_last=False,
@@ -155,11 +166,14 @@ def evaluate_checkpoint(config: EvalConfig) -> dict:
         head = eval_head(model, ckpt["stage"], config.head)
         start = time.perf_counter()
         loader = eval_loader(shards, config.eval_crop, config.batch_size, config.workers, d)
-        cm = evaluate(model, loader, classes.num_classes, classes.ignore_index, d, head,
-                      amp_dtype=torch.bfloat16 if d.device.type == "cuda" else None, progress=config.progress)
-        report = make_report(cm, classes, split=config.split, checkpoint=str(config.checkpoint),
+        heads = tuple(dict.fromkeys((head, *prediction_heads(model))))  # every head from one pass
+        cms = evaluate_heads(model, loader, classes.num_classes, classes.ignore_index, d, heads,
+                             amp_dtype=torch.bfloat16 if d.device.type == "cuda" else None, progress=config.progress)
+        report = make_report(cms[head], classes, split=config.split, checkpoint=str(config.checkpoint),
                              stage=ckpt["stage"], head=head, samples=shards.num_samples,
                              eval_crop=config.eval_crop, time_s=round(time.perf_counter() - start, 2))
+        if len(cms) > 1:  # both of the two-branch network's predictions: S_t (ours) and S_ss (the paper's)
+            report["by_head"] = by_head(cms, classes)
         if d.is_main:
             out = report_dir(config)
             write_report(out, report)

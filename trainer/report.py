@@ -70,6 +70,11 @@ METHOD_ORDER = ("deeplabv3", "mixup", "cutmix", "sourcesep-cc", "sourcesep-cm", 
 # BMVC Table 5a's names of blendgen mix's strategies.
 STRATEGY_NAMES = {"clustered": "C_fb", "random": "R_fb", "within": "Ca_fb", "random-fixed": "WR_fb", "half": "M_fb"}
 PAPER_DELTA = "0.7:1"  # BMVC 3.1: δ ~ U[0.7, 1], the default of blendgen mix
+# ``trainer report --head``: "paper" = S_ss for the source separation network ("we are
+# principally interested in the final dominant prediction, S_ss", IJCV 3.2.2), the one head of
+# the baselines and of w/o SSH runs; "t" / "ss" = that head wherever the run recorded it.
+REPORT_HEADS = ("paper", "t", "ss")
+HEAD_NAMES = {"t": "S_t", "ss": "S_ss"}
 
 
 @dataclass(frozen=True)
@@ -81,10 +86,13 @@ class ReportConfig:
     page: str | None = None  # the Markdown page; None = OUT/report.md
     notes: str | None = None  # a Markdown file shown under the title (e.g. how the data was made)
     title: str = "Results"
+    head: str = "paper"  # the prediction each run is reported by; one of REPORT_HEADS
 
     def __post_init__(self) -> None:
         if not self.runs:
             raise ValueError("runs: give at least one run directory")
+        if self.head not in REPORT_HEADS:
+            raise ValueError(f"head: expected one of {REPORT_HEADS}, got {self.head!r}")
 
     @property
     def page_path(self) -> Path:
@@ -98,6 +106,8 @@ class ReportConfig:
                 args += [option, value]
         if self.title != "Results":
             args += ["--title", self.title]
+        if self.head != "paper":
+            args += ["--head", self.head]
         return shlex.join(args)
 
 
@@ -131,6 +141,21 @@ class RunRecord:
     @property
     def miou(self) -> float:
         return 100 * self.report["miou"]
+
+    @property
+    def head(self) -> str:
+        """The head whose numbers ``report`` holds ("t" or "ss")."""
+        return self.report.get("head", "t")
+
+    def with_head(self, choice: str) -> RunRecord:
+        """This run reported by another head (``REPORT_HEADS``): its mIoU, accuracies and per-class
+        IoU from report.json's ``by_head``. A run without that head (a baseline, a w/o SSH run,
+        a run from before by_head) keeps the head it was evaluated with, and says so."""
+        want = ("ss" if self.two_branch and self.config.ssh else "t") if choice == "paper" else choice
+        heads = self.report.get("by_head") or {}
+        if want == self.head or want not in heads:
+            return self
+        return dataclasses.replace(self, report={**self.report, **heads[want], "head": want})
 
     def section(self, key: str):
         """A dotted key ("suites.complex") of report.json, else of the first evaluation JSON in a
@@ -256,10 +281,12 @@ def _baselines(runs: list[RunRecord]) -> list[RunRecord]:
 
 @table_builder("miou")
 def overall_table(runs: list[RunRecord]) -> list[Table]:
-    rows = [[METHOD_NAMES[r.method], r.variant() or "-", r.config.backbone, r.miou,
+    rows = [[METHOD_NAMES[r.method], r.variant() or "-", r.config.backbone, HEAD_NAMES[r.head], r.miou,
              100 * r.report["pixel_acc"], _percent(r.report.get("mean_acc")), r.name] for r in runs]
     return [Table("overall", "Overall mIoU by method (IJCV Table 1)",
-                  ["method", "variant", "backbone", "mIoU", "pixel acc", "mean class acc", "run"], rows)]
+                  ["method", "variant", "backbone", "head", "mIoU", "pixel acc", "mean class acc", "run"], rows,
+                  "head: the prediction reported (S_ss, the paper's final dominant prediction, for the source "
+                  "separation network unless `--head t`; the single head of the baselines).")]
 
 
 @table_builder("miou")
@@ -272,7 +299,8 @@ def denoising_table(runs: list[RunRecord]) -> list[Table]:
               r.miou, r.name] for r in sorted(ours, key=lambda r: (r.method, r.denoised))]
     return [Table("denoising", "With and without the denoising stage (IJCV Table 8)",
                   ["method", "other settings", "mIoU", "run"], rows,
-                  "w/o DN: stage 1 only (`--no-denoise`), predicting with S_ss; w/ DN: S_t after stage 2.")]
+                  "w/o DN: stage 1 only (`--no-denoise`); w/ DN: after stage 2. Each run by the head of the "
+                  "overall table.")]
 
 
 @table_builder("miou")
@@ -474,7 +502,7 @@ def _option_value(value) -> str:
 # -- the report -----------------------------------------------------------------------------------
 def make_report(config: ReportConfig) -> dict:
     """Load, check, tabulate and write; returns {"tables": [keys], "page", "chart"}."""
-    runs = sorted_runs(_unique(load_run(p) for p in config.runs))
+    runs = sorted_runs([r.with_head(config.head) for r in _unique(load_run(p) for p in config.runs)])
     check_comparable(runs)
     tables = build_tables(runs)
     out = Path(config.out)
@@ -511,7 +539,8 @@ def render_page(config: ReportConfig, runs: list[RunRecord], tables: list[Table]
         lines += [Path(config.notes).read_text().rstrip(), ""]
     data = dataset_of(runs[0])
     lines += [f"Validation data: {_describe_data(data)}; mIoU in percent, over the whole split "
-              f"({'full images' if runs[0].report.get('eval_crop') is None else 'centre crops'}).", ""]
+              f"({'full images' if runs[0].report.get('eval_crop') is None else 'centre crops'}).", "",
+              f"Prediction head: {_head_line(config.head)}", ""]
     for i, table in enumerate(tables):
         lines += [f"## {table.title}", "", table.markdown(), ""]
         if table.note:
@@ -528,6 +557,13 @@ def render_page(config: ReportConfig, runs: list[RunRecord], tables: list[Table]
     lines += [run_command(r.config) for r in runs]
     lines += [config.command(), "```", ""]
     return "\n".join(lines)
+
+
+def _head_line(choice: str) -> str:
+    if choice == "paper":
+        return ("S_ss for the source separation network (the paper's final dominant prediction; "
+                "`--head t` for S_t), the single head for the baselines.")
+    return f"{HEAD_NAMES[choice]} wherever a run recorded it (`--head {choice}`), else the run's only head."
 
 
 def _steps(config: TrainConfig) -> str:

@@ -56,8 +56,8 @@ from . import checkpoint as ckpt_io
 from .attacks import FIT_MODES, PixelModel, apply_universal, fgsm, frozen, load_perturbation, pgd
 from .blur import MODES as BLUR_MODES, SIGMAS, blur
 from .distributed import Dist, cleanup, init_distributed
-from .evaluate import (EvalConfig, PassResult, Subsets, eval_head, eval_loader, evaluate_pass, make_report,
-                       model_from_checkpoint, report_dir, write_report)
+from .evaluate import (EvalConfig, PassResult, Subsets, by_head, eval_head, eval_loader, evaluate_heads,
+                       evaluate_pass, make_report, model_from_checkpoint, prediction_heads, report_dir, write_report)
 from .metrics import ConfusionMatrix
 from .tables import Table
 
@@ -438,6 +438,9 @@ def evaluate_suites(eval_config: EvalConfig, config: SuiteConfig) -> dict:
         start = time.perf_counter()
         with frozen(ctx.predict.model):
             results = run_suites(ctx, config, infos, subsets, facts)
+            heads = overall_by_head(ctx, shards.classes) if "overall" in results else None
+        if heads:
+            results["overall"]["by_head"] = heads
         context = {"checkpoint": str(eval_config.checkpoint), "split": eval_config.split, "stage": ckpt["stage"],
                    "head": ctx.predict.head, "samples": len(infos), "eval_crop": eval_config.eval_crop}
         report = {"suite_format": SUITE_FORMAT, **context, "batch_size": eval_config.batch_size,
@@ -447,11 +450,23 @@ def evaluate_suites(eval_config: EvalConfig, config: SuiteConfig) -> dict:
             out = report_dir(eval_config)
             write_suites(out, report, label=run_label(eval_config.checkpoint))
             if "overall" in results:
-                write_report(out, make_report(ctx.clean.total, shards.classes, **context))
+                write_report(out, {**make_report(ctx.clean.total, shards.classes, **context),
+                                   **({"by_head": heads} if heads else {})})
             report["report_dir"] = str(out)
         return report
     finally:
         cleanup()
+
+
+def overall_by_head(ctx: SuiteContext, classes: ClassSet) -> dict | None:
+    """Both heads' overall numbers (one more clean pass) for a two-branch network; None for a
+    single-head one. The other suites predict with ``ctx.predict.head`` only (``--head``)."""
+    model = ctx.predict.model
+    if len(prediction_heads(model)) < 2:
+        return None
+    cms = evaluate_heads(model, ctx.loader, classes.num_classes, classes.ignore_index, ctx.dist,
+                         prediction_heads(model), ctx.predict.amp_dtype, ctx.progress)
+    return by_head(cms, classes)
 
 
 def _plain(config: SuiteConfig) -> dict:
@@ -605,11 +620,25 @@ def suites_of(record) -> dict | None:
     return merged or None
 
 
+def suite_heads(record) -> set[str]:
+    """The heads a run's suites were evaluated with (suites.json "head")."""
+    return {data["head"] for data in (record.report, *record.evals.values())
+            if isinstance(data, dict) and "suite_format" in data and "head" in data}
+
+
+def _suite_label(label: str, record) -> str:
+    """A run's row label, naming the head its suites predicted with where that is not the head
+    the report shows for the run (e.g. suites run on S_t, report on the paper's S_ss)."""
+    heads = suite_heads(record) - {getattr(record, "head", None)}
+    names = {"t": "S_t", "ss": "S_ss"}
+    return label + (f" (suites: {', '.join(names.get(h, h) for h in sorted(heads))})" if heads else "")
+
+
 def report_tables(records: list) -> list:
     """``trainer report``'s plug-in (trainer.report.table_builder("suite_format")): the suites of
     each run's ``trainer eval --suite`` output, runs side by side."""
     labels = [r.label() for r in records]
-    found = [(label if labels.count(label) == 1 else f"{label} [{r.name}]", suites_of(r))
+    found = [(_suite_label(label if labels.count(label) == 1 else f"{label} [{r.name}]", r), suites_of(r))
              for label, r in zip(labels, records)]
     runs = [(label, suites) for label, suites in found if suites is not None]
     return suite_tables(runs, [s for s in SUITES if s != "overall"])  # the report has its own overall table
