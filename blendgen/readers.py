@@ -830,8 +830,9 @@ class FolderReader(Reader):
                     f"{SPLIT_LISTS}/{self.split}.txt); pass --split {ALL_SPLIT} to read every image, or "
                     f"--option list=FILE with the split's ids")
         else:
-            splits = sorted(p.name for p in flat.iterdir() if p.is_dir()) if flat.is_dir() else []
-            found = f"splits there: {', '.join(splits)}" if splits else f"and {flat} holds no images"
+            splits = sorted(p.name for p in flat.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+                if flat.is_dir() else []
+            found = f"subfolders there: {', '.join(splits)}" if splits else f"and {flat} holds no images"
             raise DatasetError(f"{image_dir}: missing image folder ({found})")
         if not mask_dir.is_dir():
             raise DatasetError(f"{mask_dir}: missing mask folder")

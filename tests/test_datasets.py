@@ -239,7 +239,7 @@ def test_split_folders_missing_the_asked_split_list_the_ones_there(tmp_path):
         write_jpeg(root / "images" / split / "x.jpg", 12, 16)
         write_gray_png(root / "masks" / split / "x.png", stripes([1]))
     (root / "classes.txt").write_text("background\nthing\n")
-    one_line_error(lambda: open_reader("folder", root, "train"), "images/train", "splits there: training, validation")
+    one_line_error(lambda: open_reader("folder", root, "train"), "images/train", "subfolders there: training, validation")
 
 
 # -- Cityscapes: labelIds files, city subfolders, suffixes ---------------------------------------
