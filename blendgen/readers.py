@@ -782,10 +782,10 @@ class FolderReader(Reader):
         self.classes = _classes_from_file(names_path, background, _palette_path(self.root, palette_file))
         check_root_class_names(self.root, self.classes, names_path, "folder")
         self.label_lut = label_map_table(label_map, self.root, self.classes)
-        self.image_dir, self.mask_dir, self.list_path = self._split_source(images or "images", masks or "masks",
-                                                                           id_list)
         image_suffixes = (image_suffix,) if image_suffix else _IMAGE_SUFFIXES
         mask_suffixes = (mask_suffix,) if mask_suffix else (".png",)
+        self.image_dir, self.mask_dir, self.list_path = self._split_source(images or "images", masks or "masks",
+                                                                           id_list, image_suffixes)
         wanted = None if self.list_path is None else read_id_list(self.list_path)
         self._image_files, self._mask_files = _pair_files(self.image_dir, self.mask_dir, image_suffixes,
                                                           mask_suffixes, wanted, self.list_path)
@@ -813,14 +813,15 @@ class FolderReader(Reader):
     def label_path(self, image_id: str) -> Path:
         return self.mask_dir / self._mask_files.get(image_id, f"{image_id}.png")
 
-    def _split_source(self, images: str, masks: str, id_list: str | Path | None) -> tuple[Path, Path, Path | None]:
+    def _split_source(self, images: str, masks: str, id_list: str | Path | None,
+                      image_suffixes: tuple[str, ...]) -> tuple[Path, Path, Path | None]:
         """(image folder, mask folder, id list or None) of the split; see the class docstring."""
         explicit_list = None if id_list is None else split_list_path(self.root, id_list, self.split)
         image_dir, mask_dir = self.root / images / self.split, self.root / masks / self.split
         flat, flat_masks = self.root / images, self.root / masks
         if image_dir.is_dir():
             list_path = explicit_list
-        elif flat.is_dir() and _list_files(flat, _IMAGE_SUFFIXES):
+        elif flat.is_dir() and _holds_files(flat, image_suffixes):
             image_dir, mask_dir = flat, flat_masks
             conventional = self.root / SPLIT_LISTS / f"{self.split}.txt"
             list_path = explicit_list or (conventional if conventional.is_file() else None)
@@ -853,10 +854,12 @@ def split_list_path(root: Path, id_list: str | Path, split: str) -> Path:
     return path
 
 
-def _list_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    """Visible files directly in ``folder`` whose suffix (any case) is one of ``suffixes``."""
-    return [p for p in folder.iterdir()
-            if p.suffix.lower() in suffixes and not p.name.startswith(".") and p.is_file()]
+def _holds_files(folder: Path, suffixes: tuple[str, ...]) -> bool:
+    """Whether ``folder`` itself (not a subfolder) holds a visible file whose name ends with
+    one of ``suffixes`` (any case): then it is a flat folder, not a folder of splits."""
+    lowered = tuple(s.lower() for s in suffixes)
+    return any(p.name.lower().endswith(lowered) and not p.name.startswith(".") and p.is_file()
+               for p in folder.iterdir())
 
 
 def _scan_files(folder: Path, suffixes: tuple[str, ...]) -> dict[str, list[str]]:
@@ -879,7 +882,8 @@ def _scan_files(folder: Path, suffixes: tuple[str, ...]) -> dict[str, list[str]]
 
 
 def _pair_files(image_dir: Path, mask_dir: Path, image_suffixes: tuple[str, ...], mask_suffixes: tuple[str, ...],
-                wanted: list[str] | None = None, list_path: Path | None = None) -> tuple[dict[str, str], dict[str, str]]:
+                wanted: list[str] | None = None,
+                list_path: Path | None = None) -> tuple[dict[str, str], dict[str, str]]:
     """Relative file names by id for images and masks: all of them checked to pair up one to
     one, or, with ``wanted`` (the ids of ``list_path``), those ids checked to have both."""
     images = _unique(_scan_files(image_dir, image_suffixes), image_dir, "image")

@@ -239,7 +239,21 @@ def test_split_folders_missing_the_asked_split_list_the_ones_there(tmp_path):
         write_jpeg(root / "images" / split / "x.jpg", 12, 16)
         write_gray_png(root / "masks" / split / "x.png", stripes([1]))
     (root / "classes.txt").write_text("background\nthing\n")
-    one_line_error(lambda: open_reader("folder", root, "train"), "images/train", "subfolders there: training, validation")
+    one_line_error(lambda: open_reader("folder", root, "train"), "images/train",
+                   "subfolders there: training, validation")
+
+
+def test_images_and_masks_in_one_folder_told_apart_by_their_ends(tmp_path):
+    root = tmp_path / "one"
+    for name, values in {"p": [1, 2], "q": [2]}.items():
+        write_png_image(root / "data" / f"{name}_img.png", 12, 16)
+        write_gray_png(root / "data" / f"{name}_mask.png", stripes(values))
+    (root / "classes.txt").write_text("background\nroad\ncar\n")
+    reader = open_reader("folder", root, "all", images="data", masks="data", image_suffix="_img.png",
+                         mask_suffix="_mask.png")
+    assert reader.ids() == ["p", "q"]
+    assert reader.image_path("p").name == "p_img.png" and reader.label_path("p").name == "p_mask.png"
+    np.testing.assert_array_equal(reader.read_label("p"), stripes([1, 2]))
 
 
 # -- Cityscapes: labelIds files, city subfolders, suffixes ---------------------------------------
@@ -266,7 +280,8 @@ def test_cityscapes_label_ids_map_to_train_ids(tmp_path):
     options = dict(images="leftImg8bit", masks="gtFine", image_suffix="_leftImg8bit.png",
                    mask_suffix="_gtFine_labelIds.png", label_map="cityscapes")
     index = cluster(root, tmp_path, "folder", "train", **options)
-    assert list(index.ids) == ["aachen/aachen_000000_000019", "aachen/aachen_000001_000019", "bremen/bremen_000000_000019"]
+    assert list(index.ids) == ["aachen/aachen_000000_000019", "aachen/aachen_000001_000019",
+                               "bremen/bremen_000000_000019"]
     assert index.classes.names == CITYSCAPES_CLASSES and index.classes.background == ()
     reader = reopen_source(index.source)
     expected = {}
