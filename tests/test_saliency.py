@@ -100,3 +100,203 @@ def test_saliency_map_is_the_salient_probability():
     assert saliency_map(logits).item() == pytest.approx(0.75)
     with pytest.raises(ValueError, match="two-class"):
         saliency_map(torch.zeros(1, 3, 2, 2))
+
+
+# -- datasets as they ship ---------------------------------------------------------------------------
+import json
+from pathlib import Path
+
+import cv2
+from click.testing import CliRunner
+
+from blendgen.classes import VOC, ClassSet
+from blendgen.readers import DatasetError, open_reader
+from blendgen.saliency import SALIENCY, SaliencyReader, read_mask
+
+PSEUDO = ClassSet(names=("background", "cat", "dog", "sofa"))
+
+
+def _scene(rng: np.random.Generator, h: int = 24, w: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """A noisy image with one bright box and its 0/255 mask."""
+    mask = np.zeros((h, w), np.uint8)
+    y, x = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
+    mask[y:y + h // 2, x:x + w // 2] = 255
+    image = np.clip(rng.normal(60, 10, (h, w, 3)) + (mask[..., None] > 0) * 150, 0, 255).astype(np.uint8)
+    return image, mask
+
+
+def write_saliency_set(root: Path, images: str, masks: str, n: int, seed: int = 0, suffix: str = ".jpg") -> list[str]:
+    """``n`` images and masks in ``root/images`` and ``root/masks`` (folder names as given)."""
+    (root / images).mkdir(parents=True)
+    (root / masks).mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    ids = [f"sal_{seed}_{i:03d}" for i in range(n)]
+    for image_id in ids:
+        image, mask = _scene(rng)
+        cv2.imwrite(str(root / images / f"{image_id}{suffix}"), image)
+        cv2.imwrite(str(root / masks / f"{image_id}.png"), mask)
+    return ids
+
+
+def write_pseudo_labels(folder: Path, class_sets: dict[str, tuple[int, ...]], size=(24, 32)) -> None:
+    """Hand-made pseudo labels: each id's classes as vertical stripes, and classes.json."""
+    folder.mkdir(parents=True)
+    for image_id, ids in class_sets.items():
+        label = np.zeros(size, np.uint8)
+        for k, c in enumerate(ids):
+            label[:, 2 + 6 * k:6 + 6 * k] = c
+        cv2.imwrite(str(folder / f"{image_id}.png"), label)
+    (folder / "classes.json").write_text(json.dumps({"classes": PSEUDO.to_json()}))
+
+
+@pytest.mark.parametrize("layout, images, masks", [("duts", "DUTS-TR-Image", "DUTS-TR-Mask"),
+                                                   ("ecssd", "images", "ground_truth_mask"),
+                                                   ("folder", "images", "masks")])
+def test_saliency_sets_are_read_in_their_shipped_layouts(tmp_path, layout, images, masks):
+    ids = write_saliency_set(tmp_path / "set", images, masks, 3)
+    reader = open_reader("saliency", tmp_path / "set")
+    assert reader.layout == layout and reader.ids() == ids and reader.classes == SALIENCY
+    image, mask = reader.read_target_pair(ids[0])
+    assert image.shape == (24, 32, 3) and mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1}
+    assert np.array_equal(reader.read_label(ids[0]), mask)  # without pseudo labels the mask is the label
+
+
+def test_duts_train_and_test_side_by_side_are_chosen_by_split(tmp_path):
+    train = write_saliency_set(tmp_path / "DUTS", "DUTS-TR-Image", "DUTS-TR-Mask", 2, seed=0)
+    test = write_saliency_set(tmp_path / "DUTS", "DUTS-TE-Image", "DUTS-TE-Mask", 3, seed=1)
+    assert SaliencyReader(tmp_path / "DUTS", "train").ids() == train
+    assert SaliencyReader(tmp_path / "DUTS", "test").ids() == test
+
+
+def test_masks_binarise_at_128_and_accept_zero_one(tmp_path):
+    grey = np.array([[0, 127, 128, 255]], np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), grey)
+    assert read_mask(tmp_path / "a.png").tolist() == [[0, 0, 1, 1]]
+    cv2.imwrite(str(tmp_path / "b.png"), np.array([[0, 1, 1, 0]], np.uint8))
+    assert read_mask(tmp_path / "b.png").tolist() == [[0, 1, 1, 0]]
+    cv2.imwrite(str(tmp_path / "empty.png"), np.zeros((2, 2), np.uint8))
+    assert read_mask(tmp_path / "empty.png").sum() == 0
+
+
+@pytest.mark.parametrize("pixels, message", [
+    (np.array([[0, 3, 20, 7]], np.uint8), "neither a 0/255 nor a 0/1 mask"),
+    (np.dstack([np.full((2, 2), 255, np.uint8), np.zeros((2, 2), np.uint8), np.zeros((2, 2), np.uint8)]),
+     "colour mask"),
+    (np.full((2, 2), 1000, np.uint16), "mask of mode"),
+])
+def test_masks_that_are_neither_fail_in_one_line_naming_the_file(tmp_path, pixels, message):
+    path = tmp_path / "bad.png"
+    cv2.imwrite(str(path), pixels)
+    with pytest.raises(DatasetError, match=message) as info:
+        read_mask(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_layout_errors_name_the_folder(tmp_path):
+    ids = write_saliency_set(tmp_path / "set", "images", "masks", 2)
+    (tmp_path / "set" / "masks" / f"{ids[1]}.png").unlink()
+    with pytest.raises(DatasetError, match=f"{ids[1]}.jpg: no mask"):
+        SaliencyReader(tmp_path / "set")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="not a saliency dataset"):
+        SaliencyReader(tmp_path / "empty")
+    good = write_saliency_set(tmp_path / "good", "images", "masks", 2)
+    write_pseudo_labels(tmp_path / "pseudo", {good[0]: (1,)})
+    with pytest.raises(DatasetError, match=f"{good[1]}.png: missing pseudo label"):
+        SaliencyReader(tmp_path / "good", pseudo_labels=tmp_path / "pseudo")
+    (tmp_path / "pseudo" / "classes.json").unlink()
+    with pytest.raises(DatasetError, match="classes.json: missing"):
+        SaliencyReader(tmp_path / "good", pseudo_labels=tmp_path / "pseudo")
+
+
+# -- pseudo-label class sets: clusters, shards, pairing -------------------------------------------------
+import h5py
+
+from blendgen.clusters import ClusterConfig, build_clusters
+from blendgen.mix import MixConfig
+from blendgen.runner import WriteOptions
+from blendgen.saliency import SaliencyPackConfig, saliency_mix, saliency_pack
+from blendgen.shards import ShardDir
+
+CAT, DOG, SOFA = 1, 2, 3
+
+
+@pytest.fixture()
+def clustered(tmp_path) -> tuple[Path, list[str]]:
+    """A DUTS-layout set of 6 images with hand-made pseudo labels, clustered into out/."""
+    ids = write_saliency_set(tmp_path / "DUTS-TR", "DUTS-TR-Image", "DUTS-TR-Mask", 6)
+    sets = dict(zip(ids, [(CAT, DOG), (CAT, DOG), (DOG,), (SOFA,), (CAT, SOFA), ()]))
+    write_pseudo_labels(tmp_path / "pseudo", sets)
+    build_clusters(ClusterConfig(dataset="saliency", root=tmp_path / "DUTS-TR", out=tmp_path / "out",
+                                 reader_options={"pseudo_labels": str(tmp_path / "pseudo")}), progress=False)
+    return tmp_path, ids
+
+
+def test_build_clusters_reads_pseudo_labels_as_the_class_sets(clustered):
+    from blendgen.clusters import ClusterIndex
+
+    tmp_path, ids = clustered
+    index = ClusterIndex.load(tmp_path / "out")
+    assert index.classes == PSEUDO and index.source["kind"] == "saliency"
+    # cat-dog in images 0 and 1, cat-sofa in image 4: Algorithm 1 over the pseudo labels.
+    assert index.cooccurrence.tolist() == [[0, 2, 1], [2, 0, 0], [1, 0, 0]]
+    assert index.class_counts.tolist() == [3, 3, 2]
+
+
+def test_saliency_pack_stores_masks_as_labels_and_pseudo_class_sets(clustered):
+    tmp_path, ids = clustered
+    write_saliency_set(tmp_path / "ECSSD", "images", "ground_truth_mask", 3, seed=5)
+    saliency_pack(SaliencyPackConfig(out=tmp_path / "out", split="train", write=WriteOptions(shard_size=4)), False)
+    saliency_pack(SaliencyPackConfig(out=tmp_path / "out", split="val", root=tmp_path / "ECSSD"), False)
+    train, val = ShardDir.open(tmp_path / "out" / "train"), ShardDir.open(tmp_path / "out" / "val")
+    for shards in (train, val):
+        assert shards.classes == SALIENCY and shards.manifest["task"] == "saliency"
+        assert shards.manifest["pairing"]["object_ids"] == [CAT, DOG, SOFA]
+        assert shards.cooccurrence.shape == (3, 3)
+    assert train.num_samples == 6 and len(train.shard_paths) == 2 and val.num_samples == 3
+    with h5py.File(train.shard_paths[0], "r") as f:  # plain h5py: the format is the contract
+        assert [tuple(c) for c in f["dominant_classes"][:]] == [(CAT, DOG), (CAT, DOG), (DOG,), (SOFA,)]
+    sample = train.readers()[0].read(0)
+    mask = SaliencyReader(tmp_path / "DUTS-TR").read_mask(ids[0])
+    assert np.array_equal(sample.label, mask) and set(np.unique(sample.label)) == {0, 1}
+    assert val.manifest["source"]["layout"] == "ecssd" and val.readers()[0].read(0).dominant_classes == ()
+
+
+def test_saliency_mix_blends_masks_over_the_pseudo_label_clusters(clustered):
+    tmp_path, _ = clustered
+    result, plan = saliency_mix(MixConfig(out=tmp_path / "out", seed=0), progress=False)
+    mixed = ShardDir.open(tmp_path / "out" / "mixed")
+    assert mixed.classes == SALIENCY and mixed.manifest["task"] == "saliency" and mixed.num_samples == len(plan) > 0
+    for sample in mixed.readers()[0]:
+        assert set(np.unique(sample.label)) <= {0, 1} and set(np.unique(sample.phantom_label)) <= {0, 1}
+        assert sample.pair[0] != sample.pair[1] and 0.7 <= sample.delta <= 1.0
+        # the phantom comes from cluster j of the pseudo labels: its class set holds that class
+        assert [CAT, DOG, SOFA][sample.pair[1]] in sample.phantom_classes
+
+
+def test_sourcesep_cm_pairs_saliency_samples_by_their_pseudo_label_classes():
+    from trainer.methods import mix_cooccurrence, stored_presence
+
+    # Masks all alike ("salient" everywhere); only the stored class sets tell the samples apart.
+    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    batch = {"label": torch.ones(4, 8, 8, dtype=torch.long), "classes": [(CAT,), (SOFA,), (DOG,), ()],
+             "phantom": torch.full((4, 8, 8), 255), "delta": torch.ones(4)}
+    cooc = torch.tensor([[0, 0, 5], [0, 0, 1], [5, 1, 0]], dtype=torch.float64)  # cat-sofa 5, dog-sofa 1
+    columns = {CAT: 0, DOG: 1, SOFA: 2}
+    presence = stored_presence(batch["classes"], columns, torch.device("cpu"))
+    assert presence.tolist() == [[True, False, False], [False, False, True], [False, True, False], [False] * 3]
+    mixed, out = mix_cooccurrence(x, batch, torch.Generator().manual_seed(0), cooc=cooc,
+                                  object_ids=torch.tensor([CAT, DOG, SOFA]), alpha=0.0, gamma=3.0, rule="thres",
+                                  ignore_index=255, class_columns=columns)
+    assert out["label"].eq(1).all() and out["phantom"].eq(1).all()  # the targets are the two masks
+    # α = 0: δ = 1 (Algorithm 2), so to see the partners blend with δ from the γ rule instead.
+    mixed, out = mix_cooccurrence(x, batch, torch.Generator().manual_seed(0), cooc=cooc,
+                                  object_ids=torch.tensor([CAT, DOG, SOFA]), alpha=0.0, gamma=0.0, rule="thres",
+                                  ignore_index=255, class_columns=columns)
+    assert out["delta"].tolist() == pytest.approx([0.9] * 4)
+
+    def off(k: int, m: int) -> int:  # largest pixel difference from 0.9·x_k + 0.1·x_m (1 = rounding)
+        return int((mixed[k].float() - (0.9 * x[k].float() + 0.1 * x[m].float())).abs().max().ceil())
+
+    assert off(0, 1) <= 1 and off(1, 0) <= 1 and off(2, 1) <= 1  # cat <-> sofa, dog -> sofa
+    assert min(off(0, 2), off(0, 3)) > 1  # not the others
