@@ -75,7 +75,7 @@ class PixelModel:
         return prediction(out, self.head).float()
 
     def encoder(self, x: Tensor) -> Tensor:
-        """f_enc only (the data-free attack never needs the heads)."""
+        """f_enc only (GD-UAP never needs the heads)."""
         autocast = torch.autocast(x.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
         with autocast:
             return self.model.backbone(normalize_pixels(x))["out"]
