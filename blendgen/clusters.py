@@ -232,7 +232,7 @@ def write_heatmap(index: ClusterIndex, path: Path) -> None:
 
     names = index.object_names
     n = len(names)
-    size = max(5.0, 0.32 * n + 2)
+    size = min(max(5.0, 0.32 * n + 2), 24.0)  # 150 classes (ADE20K): 2400 px, 0.9 s; 5000 px took 3 s
     fig, ax = plt.subplots(figsize=(size, size * 0.9), dpi=100)
     im = ax.imshow(np.log1p(index.cooccurrence), cmap="viridis")
     ax.set_xticks(range(n), names, rotation=90, fontsize=7 if n <= 30 else 4)
