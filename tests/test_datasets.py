@@ -117,6 +117,21 @@ def test_voc_layout_with_its_own_classes_keeps_class_zero_as_an_object(street_vo
     assert reader.ids() == ["f004"] and reader.classes == index.classes
 
 
+def test_voc_aug_layout_with_own_classes_and_a_background_named_by_the_user(street_voc, tmp_path):
+    aug = street_voc / "SegmentationClassAug"
+    aug.mkdir()
+    for image_id, (_, values) in STREET.items():
+        write_gray_png(aug / f"{image_id}.png", stripes(values))
+    (street_voc / "train_aug.txt").write_text("f003\nf001\n")  # at the root, as some SBD packages keep it
+    index = cluster(street_voc, tmp_path, "voc-aug", "train", classes_file="classes.txt", background="Sky,4")
+    assert list(index.ids) == ["f003", "f001"]
+    assert index.classes.background == (0, 4)  # Sky and Pavement
+    object_ids = [1, 2, 3, 5, 6, 7, 8, 9, 10]
+    assert index.object_names == [STREET_CLASSES[i] for i in object_ids]
+    labels = [stripes(STREET[i][1]) for i in ("f003", "f001")]
+    np.testing.assert_array_equal(index.cooccurrence, hand_cooccurrence(labels, object_ids))
+
+
 def test_voc_layout_refuses_a_classes_file_it_would_ignore(street_voc):
     message = one_line_error(lambda: open_reader("voc", street_voc, "train"), str(street_voc / "classes.txt"),
                              "11 classes (Sky, Building, Pole, ...)", "classes_file=classes.txt")
