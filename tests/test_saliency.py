@@ -107,6 +107,7 @@ import json
 from pathlib import Path
 
 import cv2
+from PIL import Image
 from click.testing import CliRunner
 
 from blendgen.classes import VOC, ClassSet
@@ -300,3 +301,123 @@ def test_sourcesep_cm_pairs_saliency_samples_by_their_pseudo_label_classes():
 
     assert off(0, 1) <= 1 and off(1, 0) <= 1 and off(2, 1) <= 1  # cat <-> sofa, dog -> sofa
     assert min(off(0, 2), off(0, 3)) > 1  # not the others
+
+
+# -- the made-up saliency set -------------------------------------------------------------------------
+from blendgen.synth import SynthConfig
+from blendgen.synth_saliency import fill_void, make_synthetic_saliency, salient_mask
+
+
+def test_salient_object_is_the_front_most_and_void_goes_to_the_nearest_object():
+    instances = np.array([[0, 1, 1, 255, 255, 2, 2],
+                          [0, 1, 1, 255, 255, 2, 2]], np.uint8)  # object 2 painted last, a void band between
+    assert fill_void(instances).tolist() == [[0, 1, 1, 1, 2, 2, 2]] * 2  # each side to its own object
+    assert (salient_mask(instances) == 255).tolist() == (fill_void(instances) == 2).tolist()
+
+
+def test_synth_saliency_writes_duts_and_ecssd_layouts(tmp_path):
+    summary = make_synthetic_saliency(SynthConfig(out=tmp_path / "sod", num_train=4, num_val=2, min_size=40,
+                                                  max_size=48), progress=False)
+    train, val = SaliencyReader(tmp_path / "sod" / "DUTS-TR"), SaliencyReader(tmp_path / "sod" / "ECSSD")
+    assert (train.layout, len(train.ids()), val.layout, len(val.ids())) == ("duts", 4, "ecssd", 2)
+    assert summary["images"] == {"train": 4, "val": 2}
+    for reader in (train, val):
+        for image_id in reader.ids():
+            raw = cv2.imread(str(reader.mask_path(image_id)), cv2.IMREAD_UNCHANGED)
+            assert raw.dtype == np.uint8 and set(np.unique(raw)) == {0, 255}  # as DUTS ships: 0/255 grey
+            assert reader.read_target_pair(image_id)[1].any()
+
+
+# -- pseudo labels ------------------------------------------------------------------------------------
+def write_checkpoint(path: Path, classes: ClassSet = VOC) -> Path:
+    """A real (random-weight) single-head DeepLabv3 checkpoint of ``classes``."""
+    from trainer import checkpoint as ckpt_io
+    from trainer.config import TrainConfig
+    from trainer.model import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model_config = ModelConfig(num_classes=classes.num_classes, backbone="mobilenet_v3_large", two_branch=False)
+    config = TrainConfig(shards="out", method="deeplabv3", backbone="mobilenet_v3_large")
+    ckpt_io.save(path, {"config": config.to_dict(), "model_config": dict(model_config.__dict__),
+                        "classes": classes.to_json(), "stage": 1, "model": build_model(model_config).state_dict()})
+    return path
+
+
+def test_pseudo_label_writes_class_id_pngs_and_resumes(tmp_path):
+    from cli import blendgen as blendgen_cli
+
+    ids = write_saliency_set(tmp_path / "set", "images", "masks", 3)
+    checkpoint = write_checkpoint(tmp_path / "voc.pt")
+    args = ["pseudo-label", "--checkpoint", str(checkpoint), "--images", str(tmp_path / "set" / "images"),
+            "--out", str(tmp_path / "pseudo"), "--device", "cpu", "--quiet"]
+    first = CliRunner().invoke(blendgen_cli, args)
+    assert first.exit_code == 0, first.output
+    assert "3 labelled, 0 already there" in first.output
+    label = np.array(Image.open(tmp_path / "pseudo" / f"{ids[0]}.png"))
+    assert Image.open(tmp_path / "pseudo" / f"{ids[0]}.png").mode == "P" and label.shape == (24, 32)
+    assert label.max() < VOC.num_classes
+    assert json.loads((tmp_path / "pseudo" / "classes.json").read_text())["classes"]["names"] == list(VOC.names)
+    (tmp_path / "pseudo" / f"{ids[1]}.png").unlink()  # a killed run: one file missing, one half-written
+    (tmp_path / "pseudo" / f".{ids[1]}.tmp-999.png").write_bytes(b"half")
+    again = CliRunner().invoke(blendgen_cli, args)
+    assert "1 labelled, 2 already there" in again.output
+    assert not list((tmp_path / "pseudo").glob(".*tmp*")) and (tmp_path / "pseudo" / f"{ids[1]}.png").is_file()
+    other = CliRunner().invoke(blendgen_cli, [*args[:2], str(write_checkpoint(tmp_path / "other.pt", PSEUDO)),
+                                              *args[3:]])
+    assert other.exit_code == 1 and "made with another classes" in other.output and "\n" == other.output[-1]
+    reader = SaliencyReader(tmp_path / "set", pseudo_labels=tmp_path / "pseudo")
+    assert reader.classes == VOC and np.array_equal(reader.read_label(ids[0]), label)
+
+
+# -- IJCV Table 7 end to end ---------------------------------------------------------------------------
+TINY_RUN = ["--backbone", "mobilenet_v3_large", "--crop", "32", "--batch-size", "4", "--iters1", "2", "--iters2", "1",
+            "--workers", "0", "--device", "cpu", "--threads", "1", "--quiet"]
+TABLE7 = ("deeplabv3", "mixup", "cutmix", "sourcesep-cm")
+
+
+def test_table7_pipeline_runs_end_to_end_on_the_made_up_set(tmp_path, monkeypatch):
+    """docs/saliency.md's command log on the made-up set: synth -> pseudo-label -> build-clusters ->
+    pack train / val -> the four methods of Table 7 -> trainer report; then trainer eval --task saliency."""
+    from cli import blendgen as blendgen_cli, trainer as trainer_cli
+
+    monkeypatch.chdir(tmp_path)
+    write_checkpoint(tmp_path / "voc.pt")
+
+    def call(group, *args):
+        result = CliRunner().invoke(group, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    call(blendgen_cli, "synth", "--task", "saliency", "--out", "sod", "--train", 12, "--val", 4, "--min-size", 40,
+         "--max-size", 48, "--quiet")
+    call(blendgen_cli, "pseudo-label", "--checkpoint", "voc.pt", "--images", "sod/DUTS-TR/DUTS-TR-Image",
+         "--out", "pseudo/duts-tr", "--device", "cpu", "--quiet")
+    call(blendgen_cli, "build-clusters", "--dataset", "saliency", "--root", "sod/DUTS-TR",
+         "--option", "pseudo_labels=pseudo/duts-tr", "--out", "out-sod", "--quiet")
+    call(blendgen_cli, "pack", "--task", "saliency", "--out", "out-sod", "--split", "train", "--quiet")
+    call(blendgen_cli, "pack", "--task", "saliency", "--out", "out-sod", "--split", "val", "--root", "sod/ECSSD",
+         "--quiet")
+    for method in TABLE7:
+        out = call(trainer_cli, "run", "--shards", "out-sod", "--method", method, "--name", method, *TINY_RUN)
+        assert "val max F_beta" in out
+    page = call(trainer_cli, "report", *(f"runs/{m}" for m in TABLE7), "--out", "reports/table7")
+    assert "saliency" in page
+    text = (tmp_path / "reports/table7/report.md").read_text()
+    assert "## Salient object detection (IJCV Table 7)" in text and "| Methods | ECSSD F_β ↑ | MAE ↓ |" in text
+    rows = (tmp_path / "reports/table7/saliency.csv").read_text().splitlines()[1:]
+    names = ["DeepLabv3-MobileNetV3", "DeepLabv3 + Mixup", "DeepLabv3 + CutMix", "DeepLabv3 + SourceSep-CM"]
+    assert [r.split(",")[0] for r in rows] == names
+    for method, row in zip(TABLE7, rows):
+        s = json.loads((tmp_path / "runs" / method / "report.json").read_text())["saliency"]
+        assert row.split(",")[1:3] == [f"{s['max_fbeta']:.3f}", f"{s['mae']:.3f}"] and s["images"] == 4
+        assert 0 <= s["mae"] <= 1 and 0 <= s["mean_fbeta"] <= s["max_fbeta"] <= 1
+        assert (tmp_path / "runs" / method / "saliency.png").is_file()
+    # trainer eval --task saliency on a checkpoint reproduces the run's own numbers (same head, same data).
+    report = json.loads((tmp_path / "runs/sourcesep-cm/report.json").read_text())
+    out = call(trainer_cli, "eval", "--checkpoint", "runs/sourcesep-cm/stage2.pt", "--shards", "out-sod",
+               "--task", "saliency", "--head", report["head"], "--workers", "0", "--device", "cpu", "--out", "ev",
+               "--quiet")
+    assert "max F_beta" in out and (tmp_path / "ev" / "saliency.png").is_file()
+    again = json.loads((tmp_path / "ev" / "saliency.json").read_text())["saliency"]
+    assert again["max_fbeta"] == pytest.approx(report["saliency"]["max_fbeta"], abs=1e-6)
+    assert again["mae"] == pytest.approx(report["saliency"]["mae"], abs=1e-6)
