@@ -848,8 +848,9 @@ def split_list_path(root: Path, id_list: str | Path, split: str) -> Path:
     text = str(id_list)
     path = root / text.replace("{split}", split)
     if "{split}" not in text and path.stem != split:
-        raise DatasetError(f"{path}: an id list named {path.stem!r} given for split {split!r}; name the file after "
-                           f"the split, pass --split {path.stem}, or write the option as list=DIR/{{split}}.txt")
+        raise DatasetError(f"{path}: an id list named {path.stem!r} given for split {split!r}; write the option as "
+                           f"list=DIR/{{split}}.txt so that each split finds its own list, or name the split after "
+                           f"the list (--split {path.stem})")
     _require(path, "id list")
     return path
 
