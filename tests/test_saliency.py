@@ -372,12 +372,13 @@ def test_pseudo_label_writes_class_id_pngs_and_resumes(tmp_path):
 # -- IJCV Table 7 end to end ---------------------------------------------------------------------------
 TINY_RUN = ["--backbone", "mobilenet_v3_large", "--crop", "32", "--batch-size", "4", "--iters1", "2", "--iters2", "1",
             "--workers", "0", "--device", "cpu", "--threads", "1", "--quiet"]
-TABLE7 = ("deeplabv3", "mixup", "cutmix", "sourcesep-cm")
+TABLE7 = ("deeplabv3", "mixup", "cutmix", "sourcesep-cc", "sourcesep-cm")  # Table 7's four, and CC
 
 
 def test_table7_pipeline_runs_end_to_end_on_the_made_up_set(tmp_path, monkeypatch):
     """docs/saliency.md's command log on the made-up set: synth -> pseudo-label -> build-clusters ->
-    pack train / val -> the four methods of Table 7 -> trainer report; then trainer eval --task saliency."""
+    pack train / val (and mix for SourceSep-CC) -> the methods of Table 7 -> trainer report; then
+    trainer eval --task saliency."""
     from cli import blendgen as blendgen_cli, trainer as trainer_cli
 
     monkeypatch.chdir(tmp_path)
@@ -397,6 +398,9 @@ def test_table7_pipeline_runs_end_to_end_on_the_made_up_set(tmp_path, monkeypatc
     call(blendgen_cli, "pack", "--task", "saliency", "--out", "out-sod", "--split", "train", "--quiet")
     call(blendgen_cli, "pack", "--task", "saliency", "--out", "out-sod", "--split", "val", "--root", "sod/ECSSD",
          "--quiet")
+    # A random-weight labeller gives every image one class, so C_fb has no second cluster to draw
+    # from; R_fb (random pairs) still makes SourceSep-CC's stage-1 blends of masks.
+    call(blendgen_cli, "mix", "--task", "saliency", "--out", "out-sod", "--strategy", "random", "--pairs", 1, "--quiet")
     for method in TABLE7:
         out = call(trainer_cli, "run", "--shards", "out-sod", "--method", method, "--name", method, *TINY_RUN)
         assert "val max F_beta" in out
@@ -405,7 +409,8 @@ def test_table7_pipeline_runs_end_to_end_on_the_made_up_set(tmp_path, monkeypatc
     text = (tmp_path / "reports/table7/report.md").read_text()
     assert "## Salient object detection (IJCV Table 7)" in text and "| Methods | ECSSD F_β ↑ | MAE ↓ |" in text
     rows = (tmp_path / "reports/table7/saliency.csv").read_text().splitlines()[1:]
-    names = ["DeepLabv3-MobileNetV3", "DeepLabv3 + Mixup", "DeepLabv3 + CutMix", "DeepLabv3 + SourceSep-CM"]
+    names = ["DeepLabv3-MobileNetV3", "DeepLabv3 + Mixup", "DeepLabv3 + CutMix", "DeepLabv3 + SourceSep-CC (R_fb)",
+             "DeepLabv3 + SourceSep-CM"]
     assert [r.split(",")[0] for r in rows] == names
     for method, row in zip(TABLE7, rows):
         s = json.loads((tmp_path / "runs" / method / "report.json").read_text())["saliency"]
@@ -421,3 +426,15 @@ def test_table7_pipeline_runs_end_to_end_on_the_made_up_set(tmp_path, monkeypatc
     again = json.loads((tmp_path / "ev" / "saliency.json").read_text())["saliency"]
     assert again["max_fbeta"] == pytest.approx(report["saliency"]["max_fbeta"], abs=1e-6)
     assert again["mae"] == pytest.approx(report["saliency"]["mae"], abs=1e-6)
+
+
+def test_saliency_commands_refuse_other_data_in_one_line(tmp_path, shared_shards):
+    from cli import blendgen as blendgen_cli, trainer as trainer_cli
+    from conftest import TINY_CLASSES
+
+    checkpoint = write_checkpoint(tmp_path / "tiny.pt", TINY_CLASSES)
+    result = CliRunner().invoke(trainer_cli, ["eval", "--checkpoint", str(checkpoint), "--shards", str(shared_shards),
+                                              "--task", "saliency", "--workers", "0", "--device", "cpu", "--quiet"])
+    assert result.exit_code == 1 and "has 4 classes" in result.output and result.output.count("\n") == 1
+    result = CliRunner().invoke(blendgen_cli, ["pack", "--out", str(tmp_path), "--root", str(tmp_path)])
+    assert result.exit_code == 2 and "only with --task saliency" in result.output
