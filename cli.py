@@ -425,7 +425,8 @@ def stats_(path, bins, out, as_json, quiet):
 
     Counts samples per (dominant cluster k, phantom cluster j) from the `pair` dataset
     (class sets where no pair is recorded): with the clustered strategy all N(N-1) ordered
-    pairs k != j are present. Reads only `pair` and `delta`, never images.
+    pairs k != j are present. Decodes no image, but checks every sample's checksum first
+    (a damaged shard is an error, not a silently wrong count).
 
     \b
     Example:
@@ -442,6 +443,32 @@ def stats_(path, bins, out, as_json, quiet):
     click.echo(json.dumps(result, indent=1) if as_json else format_stats(result))
     if out is not None and not as_json:
         click.echo(f"wrote {out}")
+
+
+@blendgen.command("verify")
+@click.argument("paths", metavar="DIR...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Processes checking shards in parallel.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def verify_(paths, workers, quiet):
+    """Check shard directories byte for byte against what was written.
+
+    For each DIR (a shard directory, or a folder of them such as `out/`): the manifest's
+    shape; every listed shard a plain file of DIR; its size, SHA-256, format, schema, header
+    (kind, split, classes, codec, sample count) as the manifest says; no links to other files;
+    every sample's checksum; sample keys unique. Prints OK per directory, or a table of what
+    is wrong, and exits 1 if anything is.
+
+    \b
+    Example:
+      blendgen verify out/ --workers 4
+    """
+    from blendgen.verify import format_results, verify
+
+    results = verify(list(paths), workers=workers, progress=not quiet)
+    click.echo(format_results(results))
+    if not all(r.ok for r in results):
+        sys.exit(1)
 
 
 # ============================================================================================
@@ -553,6 +580,9 @@ def _train_errors():
               help="Evaluate on SHARDS/val every N optimizer steps (0 = never before the end) and draw "
                    "curves.png. Default: at each stage's end.")
 @click.option("--workers", type=click.IntRange(0), default=None, help="Loader processes per rank.  [default: 2]")
+@click.option("--on-corrupt", type=click.Choice(["stop", "skip"]), default=None,
+              help="A sample whose checksum fails: stop with its name, or skip it (counted in report.json "
+                   "corrupt_skipped and printed at the end).  [default: stop]")
 @click.option("--seed", type=int, default=None, help="Seeds weights, data order and augmentation.  [default: 0]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
               help="auto = CUDA (bf16 autocast, channels_last) when present, else CPU.  [default: auto]")
@@ -605,6 +635,7 @@ def run_(shards, preset, no_ssh, no_denoise, resume, quiet, **options):
         click.echo(f"IoU per class on val (head {report['head']}):\n{per_class_text(report)}")
         click.echo(f"val mIoU {100 * report['miou']:.2f}  pixel acc {100 * report['pixel_acc']:.2f}  "
                    f"-> {report['report_dir']}/report.md")
+        _echo_skipped(report)
         if "saliency" in report:
             s = report["saliency"]
             click.echo(f"val max F_beta {s['max_fbeta']:.3f}  mean F_beta {s['mean_fbeta']:.3f}  MAE {s['mae']:.3f}  "
@@ -620,6 +651,8 @@ def run_(shards, preset, no_ssh, no_denoise, resume, quiet, **options):
 @click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True,
               help="Images per batch (>1 pads full images, an approximation).")
 @click.option("--workers", type=click.IntRange(0), default=2, show_default=True, help="Loader processes.")
+@click.option("--on-corrupt", type=click.Choice(["stop", "skip"]), default="stop", show_default=True,
+              help="A sample whose checksum fails: stop with its name, or leave it out of the metric and count it.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--head", type=click.Choice(["auto", "t", "ss"]), default="auto", show_default=True,
               help="Output to predict from; auto = S_t after stage 2, S_ss after stage 1.")
@@ -657,8 +690,8 @@ def run_(shards, preset, no_ssh, no_denoise, resume, quiet, **options):
 @click.option("--task", type=click.Choice(["auto", "segmentation", "saliency"]), default="auto", show_default=True,
               help="saliency: max F_beta, mean F_beta, MAE and their curves (IJCV Table 7); auto = saliency on "
                    "shards written with --task saliency.")
-def eval_(checkpoint, shards, split, eval_crop, batch_size, workers, device, head, out, quiet, suites, task,
-          **suite_options):
+def eval_(checkpoint, shards, split, eval_crop, batch_size, workers, on_corrupt, device, head, out, quiet, suites,
+          task, **suite_options):
     """mIoU, per-class IoU and pixel accuracy of a checkpoint on one split (report.json, report.md);
     with --suite, the papers' complex-scene, out-of-context, adversarial and blur suites.
 
@@ -672,7 +705,7 @@ def eval_(checkpoint, shards, split, eval_crop, batch_size, workers, device, hea
     try:
         config = EvalConfig(checkpoint=str(checkpoint), shards=str(shards), split=split, eval_crop=eval_crop,
                             batch_size=batch_size, workers=workers, device=device, head=head,
-                            out=None if out is None else str(out), progress=not quiet)
+                            out=None if out is None else str(out), on_corrupt=on_corrupt, progress=not quiet)
         if set(suites) != {"overall"}:
             return _eval_suites(config, suites, suite_options)
         from trainer.saliency import evaluate_checkpoint_saliency, wants_saliency
@@ -685,6 +718,14 @@ def eval_(checkpoint, shards, split, eval_crop, batch_size, workers, device, hea
     if "report_dir" in report:
         click.echo(f"{split} mIoU {100 * report['miou']:.2f}  pixel acc {100 * report['pixel_acc']:.2f}  "
                    f"-> {report['report_dir']}/report.md")
+        _echo_skipped(report)
+
+
+def _echo_skipped(report: dict) -> None:
+    skipped = report.get("corrupt_skipped")
+    if skipped:
+        click.echo(f"skipped {skipped['count']} corrupt sample(s) (--on-corrupt skip); first: {skipped['first'][0]}",
+                   err=True)
 
 
 def _echo_saliency(report: dict, split: str) -> None:

@@ -245,6 +245,9 @@ def inspect(config: InspectConfig) -> dict:
             "schema": schema_of(f),
             "attrs": {k: _plain(v) for k, v in sorted(f.attrs.items())},
         })
+        shown = range(min(n, config.limit)) if index is None else [index]
+        for i in shown:  # what is shown is what was written: CorruptSample otherwise
+            reader.read_raw(i)
         if index is None:
             report["samples"] = sample_rows(f, reader.header, 0, min(n, config.limit))
         else:

@@ -157,12 +157,34 @@ def read_rgb(path: Path) -> np.ndarray:
         raise DatasetError(f"{path}: unreadable image ({_describe(exc)})") from None
     if jpeg_truncated(data):
         raise DatasetError(f"{path}: truncated JPEG (no end-of-image marker)")
+    if data.startswith(b"\xff\xd8") and (problem := jpeg_damage(data)):
+        raise DatasetError(f"{path}: corrupt JPEG ({problem})")
     # EXIF orientation is ignored so that the decoded size matches the header size that
     # image_size() reports and the size the annotations were drawn on.
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if bgr is None:
         raise DatasetError(f"{path}: unreadable image (not a JPEG/PNG that OpenCV can decode)")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def jpeg_damage(data: bytes) -> str | None:
+    """libjpeg's warning for a JPEG whose compressed data is damaged but decodable ("Corrupt
+    JPEG data: ...", "Premature end of JPEG file"), None for a clean one. OpenCV prints such
+    warnings to stderr and returns an image anyway; simplejpeg's strict mode raises them.
+    Decoding at 1/8 scale still entropy-decodes every block, which is where damage shows, at
+    a fraction of a full decode's cost (docs/storage.md)."""
+    try:
+        import simplejpeg
+    except ImportError:  # declared dependency; without it damaged-but-decodable JPEGs pass
+        return None
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="GRAY", min_factor=8, strict=True)
+    except ValueError as exc:
+        text = " ".join(str(exc).split())
+        if "color" in text.lower() or "colorspace" in text.lower():
+            return None  # e.g. CMYK: a conversion simplejpeg lacks, not damage; OpenCV decodes it
+        return text
+    return None
 
 
 def jpeg_truncated(data: bytes) -> bool:

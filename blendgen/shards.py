@@ -309,11 +309,18 @@ def field_bytes(name: str, value) -> bytes:
     return np.asarray(value, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
 
 
-def _crc_fields(record: dict, names: tuple[str, ...], crc: int = 0) -> int:
-    # Length-prefixed, so moving bytes from one field to the next changes the checksum.
-    for name in names:
-        b = field_bytes(name, record[name])
-        crc = zlib.crc32(b, zlib.crc32(len(b).to_bytes(4, "little"), crc))
+def _framed(parts) -> bytes:
+    # Each part after its 4-byte little-endian length, so moving bytes from one field to the
+    # next changes the checksum.
+    return b"".join(len(b).to_bytes(4, "little") + b for b in parts)
+
+
+def _crc_payload(record: dict, crc: int) -> int:
+    """Continue ``crc`` over the image and label maps, framed like the small fields, without
+    copying them (zlib reads the arrays' buffers)."""
+    for name in _PER_SAMPLE_FIELDS:
+        value = np.ascontiguousarray(record[name], dtype=np.uint8)
+        crc = zlib.crc32(value, zlib.crc32(len(value).to_bytes(4, "little"), crc))
     return crc
 
 
@@ -321,7 +328,26 @@ def record_checksum(record: dict) -> int:
     """CRC-32 of every field of a record (the small ones first, then image and label maps):
     one per sample, as TFRecord keeps one per record. CRC-32 rather than CRC-32C because
     zlib's is in the standard library and as fast here (docs/storage.md has its cost)."""
-    return _crc_fields(record, _PER_SAMPLE_FIELDS, _crc_fields(record, _COLUMN_FIELDS))
+    return _crc_payload(record, zlib.crc32(_framed(field_bytes(n, record[n]) for n in _COLUMN_FIELDS)))
+
+
+def _column_rows(name: str, column) -> list[bytes]:
+    """:func:`field_bytes` of every row of a whole column, fixed-size fields in one conversion."""
+    dtype, _ = SCHEMA[name]
+    if dtype is _VLEN_U8:
+        return [np.asarray(v, dtype=np.uint8).tobytes() for v in column]
+    if dtype is _STR:
+        return [v if isinstance(v, bytes) else str(v).encode("utf-8") for v in column]
+    flat = np.ascontiguousarray(column, dtype=np.dtype(dtype).newbyteorder("<"))
+    size = flat.itemsize * int(np.prod(flat.shape[1:], dtype=np.int64))
+    raw = flat.tobytes()
+    return [raw[i * size:(i + 1) * size] for i in range(len(flat))]
+
+
+def column_checksums(columns: dict) -> list[int]:
+    """Per row: the CRC-32 of its small fields, the start of its record checksum."""
+    rows = zip(*(_column_rows(name, columns[name]) for name in _COLUMN_FIELDS))
+    return [zlib.crc32(_framed(parts)) for parts in rows]
 
 
 def check_links(f: h5py.File, where: str) -> None:
@@ -353,8 +379,14 @@ class ShardWriter:
     """Write one shard: ``with ShardWriter(path, header) as w: w.write(record)``.
 
     ``record`` holds encoded fields (see :func:`encode_sample`). Records are buffered and
-    appended in blocks; on a clean exit the file is closed, re-opened and checked, then renamed
-    to ``path``; on an error the temporary file is deleted. ``info`` then holds the manifest entry.
+    appended in blocks to an HDF5 file held in memory; on a clean exit its bytes are written to
+    a temporary file with plain Python I/O, re-opened and checked, then renamed to ``path``; on
+    an error the temporary file is deleted. ``info`` then holds the manifest entry.
+
+    Why in memory: HDF5 writing to a full disk fails at every later handle release and h5py
+    prints each failure as an ignored exception, dozens of tracebacks for one full disk; a plain
+    ``write`` fails once, as an OSError. The cost is the shard's bytes in memory while it is
+    written (``--shard-size`` times the sample size; docs/storage.md).
     """
 
     def __init__(self, path: str | Path, header: ShardHeader, block: int = 64):
@@ -368,7 +400,7 @@ class ShardWriter:
         self.info: dict | None = None
 
     def __enter__(self) -> "ShardWriter":
-        self._file = h5py.File(self.tmp, "w", libver=("earliest", "v110"))
+        self._file = h5py.File(self.tmp, "w", driver="core", backing_store=False, libver=("earliest", "v110"))
         for k, v in self.header.attrs().items():
             self._file.attrs[k] = v
         for name, (dtype, shape) in SCHEMA.items():
@@ -417,14 +449,19 @@ class ShardWriter:
             if exc_type is None:
                 self._flush()
                 self._file.attrs["num_samples"] = self._count
-            self._file.close()
-            if exc_type is None:
+                self._file.flush()
+                image = self._file.id.get_file_image()
+                self._file.close()
+                with open(self.tmp, "wb") as out:
+                    out.write(image)
                 verify_shard(self.tmp, expected=self._count)
                 digest = sha256_file(self.tmp)
                 os.replace(self.tmp, self.path)
                 self.info = {"name": self.path.name, "samples": self._count, "sha256": digest,
                              "bytes": self.path.stat().st_size}
         finally:
+            if self._file.id.valid:
+                self._file.close()
             if self.tmp.exists():
                 self.tmp.unlink()
 
@@ -554,8 +591,7 @@ class ShardReader:
         # sample's checksum is computed once too.
         if self._column_crc is None:
             columns = self._columns
-            self._column_crc = [_crc_fields({n: c[i] for n, c in columns.items()}, _COLUMN_FIELDS)
-                                for i in range(self.num_samples)]
+            self._column_crc = column_checksums(self._columns)
         return self._column_crc
 
     def key(self, i: int) -> str:
@@ -572,8 +608,7 @@ class ShardReader:
             record = {name: ds[i] for name, ds in self._datasets.items()}
         except OSError as exc:
             raise CorruptSample(self.path, i, self.key(i), f"unreadable: {one_line(exc)}") from None
-        if self.check and (_crc_fields(record, _PER_SAMPLE_FIELDS, self._column_crc[i])
-                           != int(self._columns["checksum"][i])):
+        if self.check and _crc_payload(record, self._column_crc[i]) != int(self._columns["checksum"][i]):
             raise CorruptSample(self.path, i, self.key(i))
         for name in _COLUMN_FIELDS:
             value = self._columns[name][i]
@@ -593,7 +628,7 @@ class ShardReader:
             except OSError as exc:
                 yield CorruptSample(self.path, i, self.key(i), f"unreadable: {one_line(exc)}")
                 continue
-            if _crc_fields(record, _PER_SAMPLE_FIELDS, self._column_crcs()[i]) != int(self._columns["checksum"][i]):
+            if _crc_payload(record, self._column_crcs()[i]) != int(self._columns["checksum"][i]):
                 yield CorruptSample(self.path, i, self.key(i))
 
     def check_all(self) -> None:

@@ -89,6 +89,7 @@ class TrainConfig:
     workers: int = 2  # DataLoader worker processes per rank (0 = load in the training process)
     shuffle_buffer: int = 256  # samples in each worker's shuffle buffer
     unit: int = 32  # samples per partition unit (a range of one shard)
+    on_corrupt: str = "stop"  # a sample whose checksum fails: stop (one-line error) or skip (counted, reported)
     # -- schedule: optimizer steps (iters) or passes over the data (epochs), per stage; 0 skips it
     iters1: int | None = None
     iters2: int | None = None
@@ -138,6 +139,7 @@ class TrainConfig:
                      "log_every", "checkpoint_every"):
             _check(getattr(self, name) >= 1, name, f"expected >= 1, got {getattr(self, name)}")
         _check(self.workers >= 0, "workers", f"expected >= 0, got {self.workers}")
+        _check(self.on_corrupt in ("stop", "skip"), "on_corrupt", f"expected stop or skip, got {self.on_corrupt!r}")
         _check(self.optimizer in OPTIMIZERS, "optimizer", f"expected one of {OPTIMIZERS}, got {self.optimizer!r}")
         _check(self.warmup >= 0, "warmup", f"expected >= 0, got {self.warmup}")
         _check(self.ppa_eps > 0, "ppa_eps", f"expected > 0, got {self.ppa_eps}")

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from blendgen.shards import ShardDir
+from blendgen.shards import CorruptSample, ShardDir, ShardError
 
 from .transforms import collate, to_sample
 
@@ -136,12 +136,24 @@ def batched(items: Iterable, n: int) -> Iterator[list]:
 # -- the dataset ----------------------------------------------------------------------------------
 
 
+ON_CORRUPT = ("stop", "skip")
+
+
 class ShardStream(IterableDataset):
-    """Batches of one rank's share of a shard directory, one epoch per ``iter()``."""
+    """Batches of one rank's share of a shard directory, one epoch per ``iter()``.
+
+    A sample whose checksum fails (:class:`blendgen.shards.CorruptSample`) is left out of its
+    batch and named in the batch's ``corrupt`` list; :class:`ShardLoader` then stops with that
+    one line (``on_corrupt="stop"``) or counts it (``"skip"``). The error is carried, not raised,
+    because a DataLoader worker's exception reaches the user as a multi-line traceback."""
 
     def __init__(self, shards: ShardDir, transform: Callable, batch_size: int, *, shuffle: bool,
                  drop_last: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle_buffer: int = 256, unit: int = 32, collate_fn: Callable = collate) -> None:
+                 shuffle_buffer: int = 256, unit: int = 32, collate_fn: Callable = collate,
+                 on_corrupt: str = "stop") -> None:
+        if on_corrupt not in ON_CORRUPT:
+            raise ValueError(f"on_corrupt: expected one of {ON_CORRUPT}, got {on_corrupt!r}")
+        self.on_corrupt = on_corrupt
         if batch_size < 1 or unit < 1 or shuffle_buffer < 1:
             raise ValueError(f"batch_size, unit, shuffle_buffer: expected >= 1, got {batch_size}, {unit}, {shuffle_buffer}")
         if not 0 <= rank < world_size:
@@ -183,12 +195,61 @@ class ShardStream(IterableDataset):
             stream = shuffle_buffer(stream, self.buffer, np.random.default_rng([self.seed, self.epoch, self.rank, role]))
         batches = batched(stream, self.batch_size)
         for batch in islice(batches, skipped_by_worker(self.skip, role, num_workers), None):
-            yield self.collate_fn([self.load(shard, index) for shard, index in batch])
+            yield self.make_batch(batch)
+
+    def make_batch(self, addresses: list[tuple[int, int]]) -> dict:
+        """The collated batch of the readable samples, with ``corrupt``: the damaged ones' messages."""
+        samples, corrupt = [], []
+        for shard, index in addresses:
+            try:
+                samples.append(self.load(shard, index))
+            except CorruptSample as exc:
+                corrupt.append(str(exc))
+                if self.on_corrupt == "stop":
+                    break
+            except ShardError as exc:  # a whole shard unreadable: not a sample to skip
+                return {"corrupt": [], "fatal": str(exc)}
+        batch = self.collate_fn(samples) if samples and not (corrupt and self.on_corrupt == "stop") else {}
+        batch["corrupt"] = corrupt
+        return batch
 
     def load(self, shard: int, index: int) -> dict:
         """Read, augment and tensorise one sample (image (3,H,W) uint8, label/phantom (H,W) int64)."""
         rng = np.random.default_rng([self.seed, self.epoch, shard, index])
         return to_sample(self.readers[shard].read(index), self.transform, rng)
+
+
+# Corrupt samples skipped by every ShardLoader of this process since the last take_skipped(),
+# each once however often it was met (a val sample is met at every evaluation): message -> None.
+_SKIPPED: dict[str, None] = {}
+
+
+def take_skipped() -> list[str]:
+    """The distinct corrupt samples skipped so far in this process (and forget them)."""
+    taken = list(_SKIPPED)
+    _SKIPPED.clear()
+    return taken
+
+
+class ShardLoader(DataLoader):
+    """A DataLoader of :class:`ShardStream` batches that acts on corrupt samples in the main
+    process: ShardError with the first one's message (stop), or drop and count them (skip)."""
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            if "fatal" in batch:
+                raise ShardError(batch["fatal"])
+            corrupt = batch.pop("corrupt", [])
+            if corrupt:
+                if self.dataset.on_corrupt == "stop":
+                    raise ShardError(corrupt[0])
+                _SKIPPED.update(dict.fromkeys(corrupt))
+                if "image" not in batch:
+                    if not self.dataset.drop_last:
+                        continue  # evaluation: nothing of this batch to count; ranks sync only at the end
+                    # training: every rank must take the step (DDP), and there is nothing to step on
+                    raise ShardError(f"every sample of a training batch is corrupt (first: {corrupt[0]})")
+            yield batch
 
 
 def make_loader(dataset: ShardStream, workers: int, pin_memory: bool) -> DataLoader:
@@ -199,6 +260,6 @@ def make_loader(dataset: ShardStream, workers: int, pin_memory: bool) -> DataLoa
     are the data parallelism, and OpenCV's thread pool does not survive fork() (a child that
     reconfigures an inherited pool waits forever on the parent's threads)."""
     cv2.setNumThreads(1)
-    return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+    return ShardLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                       generator=torch.Generator().manual_seed(dataset.seed),
                       prefetch_factor=4 if workers else None, persistent_workers=False)

@@ -24,8 +24,8 @@ from blendgen.classes import ClassSet
 from blendgen.shards import ShardDir
 
 from . import checkpoint as ckpt_io
-from .data import ShardStream, make_loader
-from .distributed import Dist, cleanup, init_distributed
+from .data import ShardStream, make_loader, take_skipped
+from .distributed import Dist, cleanup, init_distributed, mean_over_ranks
 from .metrics import ConfusionMatrix
 from .model import ModelConfig, build_model, prediction
 from .transforms import eval_transform, normalize, pad_collate
@@ -46,9 +46,12 @@ class EvalConfig:
     device: str = "auto"
     head: str = "auto"
     out: str | None = None  # report directory; None = next to the checkpoint
+    on_corrupt: str = "stop"  # a sample whose checksum fails: stop, or skip it (left out of the metric, counted)
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.on_corrupt not in ("stop", "skip"):
+            raise ValueError(f"on_corrupt: expected stop or skip, got {self.on_corrupt!r}")
         if self.head not in HEADS:
             raise ValueError(f"head: expected one of {HEADS}, got {self.head!r}")
         if self.eval_crop is not None and self.eval_crop < 16:
@@ -78,10 +81,11 @@ def by_head(cms: dict[str, ConfusionMatrix], classes: ClassSet) -> dict:
     return {h: {k: v for k, v in make_report(cm, classes).items() if k != "pixels"} for h, cm in cms.items()}
 
 
-def eval_loader(shards: ShardDir, crop: int | None, batch_size: int, workers: int, d: Dist) -> ShardStream:
+def eval_loader(shards: ShardDir, crop: int | None, batch_size: int, workers: int, d: Dist,
+                on_corrupt: str = "stop") -> ShardStream:
     """This rank's exactly-once share of a split, in stored order."""
     dataset = ShardStream(shards, eval_transform(crop), batch_size, shuffle=False, drop_last=False,
-                          rank=d.rank, world_size=d.world_size, collate_fn=pad_collate)
+                          rank=d.rank, world_size=d.world_size, collate_fn=pad_collate, on_corrupt=on_corrupt)
     return make_loader(dataset, workers, pin_memory=d.device.type == "cuda")
 
 
@@ -165,7 +169,8 @@ def evaluate_checkpoint(config: EvalConfig) -> dict:
             model = model.to(memory_format=torch.channels_last)
         head = eval_head(model, ckpt["stage"], config.head)
         start = time.perf_counter()
-        loader = eval_loader(shards, config.eval_crop, config.batch_size, config.workers, d)
+        loader = eval_loader(shards, config.eval_crop, config.batch_size, config.workers, d, config.on_corrupt)
+        take_skipped()
         heads = tuple(dict.fromkeys((head, *prediction_heads(model))))  # every head from one pass
         cms = evaluate_heads(model, loader, classes.num_classes, classes.ignore_index, d, heads,
                              amp_dtype=torch.bfloat16 if d.device.type == "cuda" else None, progress=config.progress)
@@ -174,6 +179,9 @@ def evaluate_checkpoint(config: EvalConfig) -> dict:
                              eval_crop=config.eval_crop, time_s=round(time.perf_counter() - start, 2))
         if len(cms) > 1:  # both of the two-branch network's predictions: S_t (ours) and S_ss (the paper's)
             report["by_head"] = by_head(cms, classes)
+        skipped = corrupt_summary(take_skipped(), d)
+        if skipped["count"]:
+            report["corrupt_skipped"] = skipped
         if d.is_main:
             out = report_dir(config)
             write_report(out, report)
@@ -181,6 +189,13 @@ def evaluate_checkpoint(config: EvalConfig) -> dict:
         return report
     finally:
         cleanup()
+
+
+def corrupt_summary(messages: list[str], d: Dist, named: int = 5) -> dict:
+    """``--on-corrupt skip``: how many corrupt samples all ranks left out, and the first few
+    (this rank's), for report.json and the console."""
+    count = round(mean_over_ranks({"n": float(len(messages))}, d)["n"] * d.world_size)
+    return {"count": count, "first": messages[:named]}
 
 
 def report_dir(config: EvalConfig) -> Path:

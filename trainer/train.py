@@ -42,11 +42,11 @@ from blendgen.shards import ShardDir
 
 from . import checkpoint as ckpt_io
 from .config import RESUMABLE_CHANGES, TrainConfig
-from .data import ShardStream, make_loader
+from .data import ShardStream, make_loader, take_skipped
 from .distributed import (Dist, all_ranks_ok, barrier, broadcast_object, cleanup, init_distributed, mean_over_ranks,
                           sync_buffers)
 from .curves import draw_curves
-from .evaluate import eval_head, eval_loader, evaluate_heads, make_report, write_report
+from .evaluate import corrupt_summary, eval_head, eval_loader, evaluate_heads, make_report, write_report
 from .methods import Criterion, Mixer, batch_generator, batch_mixer, criterion, mixed_generation, stage_dir
 from .model import ModelConfig, build_model, configure_stage
 from .saliency import evaluate_saliency, is_saliency, saliency_report, write_saliency
@@ -103,6 +103,7 @@ def run(config: TrainConfig) -> dict:
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     try:
+        take_skipped()  # --on-corrupt skip counts what this run leaves out
         r = start_run(config, d)
         torch.manual_seed(config.seed)  # the same initial weights on every rank and every rerun
         model = prepare_model(r)
@@ -295,7 +296,7 @@ def train_dataset(r: Run, shards: ShardDir) -> ShardStream:
     c = r.config
     return ShardStream(shards, train_transform(c.crop, c.scale), c.batch_size,
                        shuffle=True, drop_last=True, seed=c.seed, rank=r.dist.rank, world_size=r.dist.world_size,
-                       shuffle_buffer=c.shuffle_buffer, unit=c.unit)
+                       shuffle_buffer=c.shuffle_buffer, unit=c.unit, on_corrupt=c.on_corrupt)
 
 
 def make_stage(r: Run, model: nn.Module, stage: int, batches_per_epoch: int, start: dict | None,
@@ -394,7 +395,8 @@ def validate(r: Run, s: Stage) -> None:
 def evaluate_val(r: Run, model: nn.Module, progress: bool = False) -> tuple[dict, float, ShardDir]:
     """One pass over val/: a confusion matrix per head of the model, the seconds it took, the shards."""
     shards = ShardDir.open(Path(r.config.shards) / "val")
-    loader = eval_loader(shards, r.config.eval_crop, r.config.eval_batch_size, r.config.workers, r.dist)
+    loader = eval_loader(shards, r.config.eval_crop, r.config.eval_batch_size, r.config.workers, r.dist,
+                         r.config.on_corrupt)
     start = time.perf_counter()
     cms = evaluate_heads(model, loader, r.classes.num_classes, r.classes.ignore_index, r.dist, model_heads(model),
                          r.amp_dtype, progress)
@@ -532,10 +534,13 @@ def final_evaluation(r: Run, model: nn.Module, position: Position | None) -> dic
         report["by_head"] = {h: {k: v for k, v in make_report(cm, r.classes).items() if k != "pixels"}
                              for h, cm in cms.items()}
     if is_saliency(shards.manifest):  # IJCV Table 7: max F_β, MAE of the same head (trainer.saliency)
-        loader = eval_loader(shards, c.eval_crop, c.eval_batch_size, c.workers, r.dist)
+        loader = eval_loader(shards, c.eval_crop, c.eval_batch_size, c.workers, r.dist, c.on_corrupt)
         start = time.perf_counter()
         meter = evaluate_saliency(model, loader, r.dist, head, r.amp_dtype, c.progress)
         report["saliency"] = saliency_report(meter, time.perf_counter() - start)
+    skipped = corrupt_summary(take_skipped(), r.dist)
+    if skipped["count"]:  # --on-corrupt skip: left out of training and evaluation by this process
+        report["corrupt_skipped"] = skipped
     if r.dist.is_main:
         write_report(r.dir, report)
         if "saliency" in report:
