@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .model import prediction
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, RandomCrop, normalize
 
 FIT_MODES = ("tile", "resize")
 
@@ -470,8 +470,6 @@ class ImagePool:
     priors' training batches; a data set need not fit in memory). ``items``: (shard, index)."""
 
     def __init__(self, shards, items: list[tuple[int, int]], size: int, seed: int) -> None:
-        from .transforms import RandomCrop
-
         if not items:
             raise ValueError(f"uap: no images to draw from in {shards.path}")
         self.readers, self.items = shards.readers(), items
@@ -482,17 +480,25 @@ class ImagePool:
 
     def batch(self, n: int) -> Tensor:
         """(n, 3, size, size) uint8, drawn with replacement."""
-        picks = self.rng.integers(0, len(self.items), n)
+        return self._crops(self.rng.integers(0, len(self.items), n))
+
+    def in_order(self, batch_size: int) -> list[Tensor]:
+        """Every image once, one crop each, in batches (the held-out images of the stopping rule)."""
+        return [self._crops(range(i, min(i + batch_size, len(self.items))))
+                for i in range(0, len(self.items), batch_size)]
+
+    def _crops(self, picks) -> Tensor:
         crops = []
         for p in picks:
             shard, index = self.items[p]
             s = self.readers[shard].read(index)
             image, _, _ = self.crop(s.image, s.label, None, self.rng)
             crops.append(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
-        return torch.stack(crops)
+        return torch.stack(crops)  # (n, 3, size, size) uint8
 
 
 def every_image(shards) -> list[tuple[int, int]]:
+    """(shard, index) of every sample of a split, in stored order."""
     return [(r, i) for r, reader in enumerate(shards.readers()) for i in range(len(reader))]
 
 
@@ -600,10 +606,10 @@ def _uap_gd(config: UapConfig, ckpt: dict, pm: PixelModel, delta: Tensor, device
     validate = None
     if config.val_images:
         val = _open_split(config, ckpt, config.val_split)
-        held_out = ImagePool(val, every_image(val), config.size, config.seed + 1)
-        images = [held_out.batch(min(8, config.val_images - i)).to(device) for i in range(0, config.val_images, 8)]
+        held_out = ImagePool(val, every_image(val)[:config.val_images], config.size, config.seed + 1)
+        images = [x.to(device) for x in held_out.in_order(8)]
         validate = lambda d: flip_rate(pm, images, d, config.fit)  # noqa: E731
-        extra |= {"val_split": config.val_split, "val_images": config.val_images}
+        extra |= {"val_split": config.val_split, "val_images": len(held_out)}
     generator = torch.Generator().manual_seed(config.seed)
     images_of = prior_images(config.mode, config.batch_size, config.size, generator, pool)
     objective = gduap_objective(pm, activation_layers(pm.model), images_of, config.fit)
