@@ -5,7 +5,9 @@ decode, and what the damaged-JPEG check adds to reading a source JPEG, side by s
     python bench/bench_integrity.py --size 513 --samples 300
 
 A shard of ``--samples`` blended samples (smooth synthetic scenes, JPEG q95, two label maps)
-is written with the real writer; then rounds alternate reading every sample with the checksum
+is written with the real writer, in rounds alternating its in-memory build (the default) with
+HDF5 writing the file directly (the encoding is done before, so only the writing is timed);
+then rounds alternate reading every sample with the checksum
 checked and with it off (``ShardReader(check=False)``), each read decoded as the trainer
 decodes it (``ShardReader.read``). Alternating treats both alike on a machine whose load
 changes; the median round of each is reported, and the ratio. The reader's one-off work per
@@ -46,18 +48,31 @@ def scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndar
     return cv2.GaussianBlur(image, (5, 5), 0), label
 
 
-def write_shard(path: Path, n: int, size: int, seed: int = 0) -> None:
+def make_records(n: int, size: int, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
-    header = ShardHeader(kind="mixed", classes=VOC)
-    with ShardWriter(path, header) as writer:
-        for i in range(n):
-            h, w = size, int(size * 4 / 3)
-            a, la = scene(rng, h, w)
-            b, lb = scene(rng, h, w)
-            delta = float(rng.uniform(0.7, 1.0))
-            image = np.round(delta * a + (1 - delta) * b).astype(np.uint8)
-            writer.write(encode_sample(Sample(key=f"s{i:05d}", image=image, label=la, phantom_label=lb, delta=delta,
-                                              dominant_id=f"a{i}", phantom_id=f"b{i}"), header))
+    records = []
+    for i in range(n):
+        h, w = size, int(size * 4 / 3)
+        a, la = scene(rng, h, w)
+        b, lb = scene(rng, h, w)
+        delta = float(rng.uniform(0.7, 1.0))
+        image = np.round(delta * a + (1 - delta) * b).astype(np.uint8)
+        records.append(encode_sample(Sample(key=f"s{i:05d}", image=image, label=la, phantom_label=lb, delta=delta,
+                                            dominant_id=f"a{i}", phantom_id=f"b{i}"), HEADER))
+    return records
+
+
+HEADER = ShardHeader(kind="mixed", classes=VOC)
+
+
+def write_shard(path: Path, records: list[dict], in_memory: bool = True) -> float:
+    """Seconds per sample to write (checksums, HDF5, the file, its verification) encoded records."""
+    path.unlink(missing_ok=True)
+    start = time.perf_counter()
+    with ShardWriter(path, HEADER, in_memory=in_memory) as writer:
+        for record in records:
+            writer.write(record)
+    return (time.perf_counter() - start) / len(records)
 
 
 def time_reads(path: Path, check: bool) -> float:
@@ -105,7 +120,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "shard-00000.h5"
-        write_shard(path, args.samples, args.size)
+        records = make_records(args.samples, args.size)
+        memory, disk = [], []
+        for _ in range(args.rounds):
+            disk.append(write_shard(path, records, in_memory=False))
+            memory.append(write_shard(path, records, in_memory=True))
         on, off, load_on, load_off = [], [], [], []
         for _ in range(args.rounds):
             on.append(time_reads(path, True))
@@ -123,6 +142,9 @@ def main() -> None:
     result = {
         "samples": args.samples, "image_size": [args.size, int(args.size * 4 / 3)], "rounds": args.rounds,
         "sample_bytes": round(sample_bytes),
+        "write_ms_in_memory": round(1e3 * med(memory), 4),
+        "write_ms_hdf5_to_disk": round(1e3 * med(disk), 4),
+        "write_in_memory_vs_disk_ratio": round(med(memory) / med(disk), 3),
         "read_decode_ms_checked": round(1e3 * med(on), 4),
         "read_decode_ms_unchecked": round(1e3 * med(off), 4),
         "checksum_cost_ratio": round(med(on) / med(off), 4),

@@ -389,10 +389,11 @@ class ShardWriter:
     written (``--shard-size`` times the sample size; docs/storage.md).
     """
 
-    def __init__(self, path: str | Path, header: ShardHeader, block: int = 64):
+    def __init__(self, path: str | Path, header: ShardHeader, block: int = 64, in_memory: bool = True):
         self.path = Path(path)
         self.header = header
         self.block = block
+        self.in_memory = in_memory  # False: HDF5 writes the temporary file itself (bench_integrity compares)
         self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         self._buffer: list[dict] = []
         self._count = 0
@@ -400,7 +401,8 @@ class ShardWriter:
         self.info: dict | None = None
 
     def __enter__(self) -> "ShardWriter":
-        self._file = h5py.File(self.tmp, "w", driver="core", backing_store=False, libver=("earliest", "v110"))
+        memory = {"driver": "core", "backing_store": False} if self.in_memory else {}
+        self._file = h5py.File(self.tmp, "w", libver=("earliest", "v110"), **memory)
         for k, v in self.header.attrs().items():
             self._file.attrs[k] = v
         for name, (dtype, shape) in SCHEMA.items():
@@ -449,11 +451,14 @@ class ShardWriter:
             if exc_type is None:
                 self._flush()
                 self._file.attrs["num_samples"] = self._count
-                self._file.flush()
-                image = self._file.id.get_file_image()
-                self._file.close()
-                with open(self.tmp, "wb") as out:
-                    out.write(image)
+                if self.in_memory:
+                    self._file.flush()
+                    image = self._file.id.get_file_image()
+                    self._file.close()
+                    with open(self.tmp, "wb") as out:
+                        out.write(image)
+                else:
+                    self._file.close()
                 verify_shard(self.tmp, expected=self._count)
                 digest = sha256_file(self.tmp)
                 os.replace(self.tmp, self.path)
