@@ -251,7 +251,9 @@ def open_saliency(root: str | Path, split: str = "train", **options) -> Saliency
 # -- shards ---------------------------------------------------------------------------------------
 def pairing_manifest(index: ClusterIndex) -> dict:
     """What the trainer pairs saliency samples by: the pseudo labels' class set and matrix order."""
-    return {"task": TASK, "pairing": {"classes": index.classes.to_json(),
+    # Names and ids only (no palette): the trainer needs the matrix order, people the names.
+    return {"task": TASK, "pairing": {"class_names": list(index.classes.names),
+                                      "background": list(index.classes.background),
                                       "object_ids": index.classes.object_ids.tolist(),
                                       "source": "image-level pseudo-label class sets (build-clusters)"}}
 
