@@ -311,6 +311,10 @@ def saliency_pack(config: SaliencyPackConfig, progress: bool = True) -> RunResul
     index = ClusterIndex.load(config.out)
     trained = _saliency_source(index, config.out)
     if config.root is None:
+        clustered = index.source.get("split", "train")
+        if config.split != clustered:  # the same folder again would score the training images
+            raise ValueError(f"split {config.split}: {config.out} clusters split {clustered} of "
+                             f"{index.source.get('root')}; give the {config.split} set's own --root")
         reader = trained
     else:
         options = {} if config.layout is None else {"layout": config.layout}

@@ -261,6 +261,8 @@ def test_saliency_pack_stores_masks_as_labels_and_pseudo_class_sets(clustered):
     mask = SaliencyReader(tmp_path / "DUTS-TR").read_mask(ids[0])
     assert np.array_equal(sample.label, mask) and set(np.unique(sample.label)) == {0, 1}
     assert val.manifest["source"]["layout"] == "ecssd" and val.readers()[0].read(0).dominant_classes == ()
+    with pytest.raises(ValueError, match="give the test set's own --root"):  # not the training images again
+        saliency_pack(SaliencyPackConfig(out=tmp_path / "out", split="test"), False)
 
 
 def test_saliency_mix_blends_masks_over_the_pseudo_label_clusters(clustered):
