@@ -428,6 +428,7 @@ def test_table7_pipeline_runs_end_to_end_on_the_made_up_set(tmp_path, monkeypatc
     again = json.loads((tmp_path / "ev" / "saliency.json").read_text())["saliency"]
     assert again["max_fbeta"] == pytest.approx(report["saliency"]["max_fbeta"], abs=1e-6)
     assert again["mae"] == pytest.approx(report["saliency"]["mae"], abs=1e-6)
+    assert json.loads((tmp_path / "ev" / "report.json").read_text())["miou"] == pytest.approx(report["miou"])
 
 
 def test_saliency_commands_refuse_other_data_in_one_line(tmp_path, shared_shards):

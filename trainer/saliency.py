@@ -168,8 +168,9 @@ def wants_saliency(task: str, config) -> bool:
 # -- the evaluation pass --------------------------------------------------------------------------
 @torch.inference_mode()
 def evaluate_saliency(model: nn.Module, loader, d, head: str = "t", amp_dtype: torch.dtype | None = None,
-                      progress: bool = False) -> SaliencyMeter:
-    """One pass over ``loader`` (a saliency split), summed over ranks. Leaves the model in eval mode."""
+                      progress: bool = False, cm=None) -> SaliencyMeter:
+    """One pass over ``loader`` (a saliency split), summed over ranks; also fills the confusion
+    matrix ``cm`` of the same head's argmax when given. Leaves the model in eval mode."""
     from .model import prediction
     from .transforms import normalize
 
@@ -182,8 +183,14 @@ def evaluate_saliency(model: nn.Module, loader, d, head: str = "t", amp_dtype: t
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast:
             out = model(normalize(x))
-        meter.update(saliency_map(prediction(out, head)), batch["label"].to(d.device, non_blocking=True))
+        logits = prediction(out, head)  # (B, 2, H, W)
+        label = batch["label"].to(d.device, non_blocking=True)  # (B, H, W)
+        meter.update(saliency_map(logits), label)
+        if cm is not None:
+            cm.update(label, logits.argmax(1))
     meter.reduce_from_all_processes()
+    if cm is not None:
+        cm.reduce_from_all_processes()
     return meter
 
 
@@ -237,7 +244,8 @@ def evaluate_checkpoint_saliency(config) -> dict:
     writes saliency.json, saliency.png, and report.json / report.md with the mIoU of the two classes."""
     from . import checkpoint as ckpt_io
     from .distributed import cleanup, init_distributed
-    from .evaluate import eval_head, eval_loader, evaluate, make_report, model_from_checkpoint, report_dir, write_report
+    from .evaluate import eval_head, eval_loader, make_report, model_from_checkpoint, report_dir, write_report
+    from .metrics import ConfusionMatrix
     from blendgen.shards import ShardDir
 
     d = init_distributed(config.device)
@@ -254,9 +262,9 @@ def evaluate_checkpoint_saliency(config) -> dict:
         amp = torch.bfloat16 if d.device.type == "cuda" else None
         start = time.perf_counter()
         loader = eval_loader(shards, config.eval_crop, config.batch_size, config.workers, d)
-        meter = evaluate_saliency(model, loader, d, head, amp, config.progress)
+        cm = ConfusionMatrix(classes.num_classes, classes.ignore_index)
+        meter = evaluate_saliency(model, loader, d, head, amp, config.progress, cm)  # one pass, both measures
         section = saliency_report(meter, time.perf_counter() - start)
-        cm = evaluate(model, loader, classes.num_classes, classes.ignore_index, d, head, amp)
         report = make_report(cm, classes, split=config.split, checkpoint=str(config.checkpoint), stage=ckpt["stage"],
                              head=head, samples=shards.num_samples, eval_crop=config.eval_crop, saliency=section)
         if d.is_main:
