@@ -328,6 +328,12 @@ def test_synth_saliency_writes_duts_and_ecssd_layouts(tmp_path):
             raw = cv2.imread(str(reader.mask_path(image_id)), cv2.IMREAD_UNCHANGED)
             assert raw.dtype == np.uint8 and set(np.unique(raw)) == {0, 255}  # as DUTS ships: 0/255 grey
             assert reader.read_target_pair(image_id)[1].any()
+    again = tmp_path / "again"
+    make_synthetic_saliency(SynthConfig(out=again, num_train=4, num_val=2, min_size=40, max_size=48, workers=2),
+                            progress=False)
+    files = sorted(p.relative_to(tmp_path / "sod") for p in (tmp_path / "sod").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    assert all((tmp_path / "sod" / f).read_bytes() == (again / f).read_bytes() for f in files)  # same seed, same bytes
 
 
 # -- pseudo labels ------------------------------------------------------------------------------------
