@@ -251,8 +251,11 @@ def open_saliency(root: str | Path, split: str = "train", **options) -> Saliency
 # -- shards ---------------------------------------------------------------------------------------
 def pairing_manifest(index: ClusterIndex) -> dict:
     """What the trainer pairs saliency samples by: the pseudo labels' class set and matrix order."""
-    # Names and ids only (no palette): the trainer needs the matrix order, people the names.
-    return {"task": TASK, "pairing": {"class_names": list(index.classes.names),
+    # Names and ids only (no palette): the trainer needs the matrix order, people the names. The
+    # top-level object_ids describe the rows of the manifest's co-occurrence matrix (docs/format.md),
+    # so they are the pseudo labels' too, not the mask's one object class.
+    return {"task": TASK, "object_ids": index.classes.object_ids.tolist(),
+            "pairing": {"class_names": list(index.classes.names),
                                       "background": list(index.classes.background),
                                       "object_ids": index.classes.object_ids.tolist(),
                                       "source": "image-level pseudo-label class sets (build-clusters)"}}

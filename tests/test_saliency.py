@@ -252,7 +252,8 @@ def test_saliency_pack_stores_masks_as_labels_and_pseudo_class_sets(clustered):
     train, val = ShardDir.open(tmp_path / "out" / "train"), ShardDir.open(tmp_path / "out" / "val")
     for shards in (train, val):
         assert shards.classes == SALIENCY and shards.manifest["task"] == "saliency"
-        assert shards.manifest["pairing"]["object_ids"] == [CAT, DOG, SOFA]
+        assert shards.manifest["pairing"]["object_ids"] == shards.manifest["object_ids"] == [CAT, DOG, SOFA]
+        assert shards.manifest["pairing"]["class_names"] == list(PSEUDO.names)
         assert shards.cooccurrence.shape == (3, 3)
     assert train.num_samples == 6 and len(train.shard_paths) == 2 and val.num_samples == 3
     with h5py.File(train.shard_paths[0], "r") as f:  # plain h5py: the format is the contract
