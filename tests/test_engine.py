@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -108,6 +109,8 @@ def test_checkpoint_of_another_class_set_or_backbone_is_refused(finished_run, tm
     manifest = json.loads((other / "val" / "manifest.json").read_text())
     manifest["classes"]["names"] = ["background", "cat", "dog", "cow"]
     (other / "val" / "manifest.json").write_text(json.dumps(manifest))
+    with h5py.File(other / "val" / "shard-00000.h5", "a") as f:  # shard and manifest agree: only the checkpoint differs
+        f.attrs["class_names"] = np.array(manifest["classes"]["names"], dtype=object)
     result = CliRunner().invoke(trainer_cli, ["eval", "--checkpoint", str(run_dir / "stage2.pt"), "--shards",
                                               str(other), "--workers", "0", "--device", "cpu"])
     assert result.exit_code == 1 and "differ from the data's" in result.output
