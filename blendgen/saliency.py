@@ -51,7 +51,7 @@ from .classes import ClassSet
 from .clusters import ClusterIndex
 from .io import make_dir
 from .mix import MixConfig, MixSource, mix_header, plan_for, reopen_source
-from .pack import PackSource
+from .pack import PackConfig, PackSource
 from .readers import DatasetError, Reader
 from .runner import RunResult, WriteOptions, write_shards
 from .shards import Sample, ShardHeader
@@ -285,21 +285,12 @@ class SaliencyPackSource(PackSource):
 
 
 @dataclass(frozen=True)
-class SaliencyPackConfig:
-    out: Path  # build-clusters output over the training saliency set (with pseudo labels)
-    split: str = "train"
+class SaliencyPackConfig(PackConfig):
+    """``pack --task saliency``: ``out`` is the build-clusters output over the training
+    saliency set (with pseudo labels)."""
+
     root: Path | None = None  # another saliency dataset as this split (ECSSD as val); None = the clustered one
     layout: str | None = None  # of ``root``; None = detected
-    write: WriteOptions = WriteOptions()
-    dest: Path | None = None
-
-    def __post_init__(self):
-        if not self.split or "/" in self.split or self.split.startswith("."):
-            raise ValueError(f"split: expected a split name such as train or val, got {self.split!r}")
-
-    @property
-    def directory(self) -> Path:
-        return Path(self.dest) if self.dest is not None else Path(self.out) / self.split
 
 
 def _saliency_source(index: ClusterIndex, out: Path) -> SaliencyReader:
