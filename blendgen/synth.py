@@ -1023,6 +1023,17 @@ def _summarize(records: list[dict]) -> dict:
     return summary
 
 
+def fresh_partial_dir(out: Path) -> Path:
+    """``<out>.partial``, empty, to generate into and rename to ``out`` when complete.
+    FileExistsError if ``out`` exists and is not empty; a killed run's leftover is removed."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out}: already exists and is not empty; remove it or choose another --out")
+    partial_dir = out.parent / (out.name + ".partial")
+    if partial_dir.exists():  # left by a killed run; it was never complete
+        shutil.rmtree(partial_dir)
+    return partial_dir
+
+
 def make_synthetic_voc(config: SynthConfig, progress: bool = True) -> dict:
     """Write the synthetic dataset to ``config.out`` (see the module docstring); return a summary:
     ``images``, ``objects``, ``occluded_objects``, ``truncated_objects``, ``dropped_objects`` per
@@ -1032,11 +1043,7 @@ def make_synthetic_voc(config: SynthConfig, progress: bool = True) -> dict:
     FileExistsError if ``out`` exists and is not empty.
     """
     out = config.out
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out}: already exists and is not empty; remove it or choose another --out")
-    partial_dir = out.parent / (out.name + ".partial")
-    if partial_dir.exists():  # left by a killed run; it was never complete
-        shutil.rmtree(partial_dir)
+    partial_dir = fresh_partial_dir(out)
     for sub in ("JPEGImages", "SegmentationClass", "SegmentationObject", "Annotations",
                 "ImageSets/Segmentation"):
         (partial_dir / sub).mkdir(parents=True)

@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .classes import IGNORE_INDEX
-from .synth import JPEG_QUALITY, SPLITS, SynthConfig, _run, render_sample
+from .synth import JPEG_QUALITY, SPLITS, SynthConfig, _run, fresh_partial_dir, render_sample
 
 TRAIN_DIRS = ("DUTS-TR", "DUTS-TR-Image", "DUTS-TR-Mask")
 VAL_DIRS = ("ECSSD", "images", "ground_truth_mask")
@@ -77,11 +77,7 @@ def make_synthetic_saliency(config: SynthConfig, progress: bool = True) -> dict:
     ``images`` per split and the mean salient pixel fraction. Written in ``<out>.partial`` and renamed
     when complete; FileExistsError if ``out`` exists and is not empty."""
     out = config.out
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out}: already exists and is not empty; remove it or choose another --out")
-    partial_dir = out.parent / (out.name + ".partial")
-    if partial_dir.exists():  # left by a killed run; it was never complete
-        shutil.rmtree(partial_dir)
+    partial_dir = fresh_partial_dir(out)
     for top, images, masks in (TRAIN_DIRS, VAL_DIRS):
         (partial_dir / top / images).mkdir(parents=True)
         (partial_dir / top / masks).mkdir(parents=True)
