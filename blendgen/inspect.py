@@ -167,15 +167,27 @@ def pair_names(classes: ClassSet, pair) -> str:
     return f"{name(k)}->{name(j)}"
 
 
-def sample_rows(f: h5py.File, header: ShardHeader, start: int, stop: int) -> list[dict]:
-    """Per-sample metadata of samples ``start..stop-1`` from the small datasets only."""
+def pairing_classes(sdir: ShardDir | None) -> ClassSet | None:
+    """The class set that ``dominant_classes``, ``phantom_classes`` and ``pair`` refer to when it
+    is not the label's: saliency shards pair by pseudo-label classes (manifest ``pairing``)."""
+    pairing = None if sdir is None else sdir.manifest.get("pairing")
+    if not isinstance(pairing, dict) or "class_names" not in pairing:
+        return None
+    return ClassSet(names=tuple(pairing["class_names"]), background=tuple(pairing.get("background", (0,))))
+
+
+def sample_rows(f: h5py.File, header: ShardHeader, start: int, stop: int,
+                set_classes: ClassSet | None = None) -> list[dict]:
+    """Per-sample metadata of samples ``start..stop-1`` from the small datasets only; class sets
+    and pairs named in ``set_classes`` (default: the label's classes)."""
+    set_classes = set_classes or header.classes
     if stop <= start:
         return []
     sl = slice(start, stop)
     cols = {name: f[name].asstr()[sl] for name in ("key", "dominant_id", "phantom_id")}
     cols.update({name: f[name][sl] for name in ("delta", "height", "width", "dominant_classes",
                                                 "phantom_classes", "pair", "instances", "occluded")})
-    names = lambda ids: [class_name(header.classes, int(c)) for c in ids]  # noqa: E731
+    names = lambda ids: [class_name(set_classes, int(c)) for c in ids]  # noqa: E731
     rows = []
     for n in range(stop - start):
         occluded = [int(o) for o in cols["occluded"][n]]
@@ -190,7 +202,7 @@ def sample_rows(f: h5py.File, header: ShardHeader, start: int, stop: int) -> lis
             "dominant_classes": names(cols["dominant_classes"][n]),
             "phantom_classes": names(cols["phantom_classes"][n]),
             "pair": [int(p) for p in cols["pair"][n]],
-            "pair_names": pair_names(header.classes, cols["pair"][n]),
+            "pair_names": pair_names(set_classes, cols["pair"][n]),
             "instances": int(cols["instances"][n]),
             "occluded": occluded,
         })
@@ -249,9 +261,9 @@ def inspect(config: InspectConfig) -> dict:
         for i in shown:  # what is shown is what was written: CorruptSample otherwise
             reader.read_raw(i)
         if index is None:
-            report["samples"] = sample_rows(f, reader.header, 0, min(n, config.limit))
+            report["samples"] = sample_rows(f, reader.header, 0, min(n, config.limit), pairing_classes(sdir))
         else:
-            row = sample_rows(f, reader.header, index, index + 1)[0]
+            row = sample_rows(f, reader.header, index, index + 1, pairing_classes(sdir))[0]
             row["bytes"] = {name: int(len(f[name][index])) for name in ("image", "label", "phantom_label")}
             report["samples"] = [row]
             if config.out is not None:
@@ -458,7 +470,7 @@ def stats(config: StatsConfig, progress: bool = True) -> dict:
         raise ShardError(f"{path}: no such file or directory")
     if path.is_dir():
         sdir = ShardDir.open(path)
-        classes, paths = sdir.classes, sdir.shard_paths
+        classes, paths = pairing_classes(sdir) or sdir.classes, sdir.shard_paths  # pairs index the pairing classes
         kind, generation = sdir.manifest["kind"], sdir.manifest["generation"]
     else:
         reader = open_shard(path)

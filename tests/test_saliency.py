@@ -266,6 +266,19 @@ def test_saliency_pack_stores_masks_as_labels_and_pseudo_class_sets(clustered):
         saliency_pack(SaliencyPackConfig(out=tmp_path / "out", split="test"), False)
 
 
+def test_inspect_and_stats_name_the_pseudo_label_classes_of_saliency_shards(clustered):
+    from blendgen.inspect import InspectConfig, StatsConfig, inspect, stats
+
+    tmp_path, _ = clustered
+    saliency_pack(SaliencyPackConfig(out=tmp_path / "out", split="train", dest=tmp_path / "sal-train"), False)
+    rows = inspect(InspectConfig(path=tmp_path / "sal-train"))["samples"]
+    assert rows[0]["dominant_classes"] == [PSEUDO.names[CAT], PSEUDO.names[DOG]]
+    saliency_mix(MixConfig(out=tmp_path / "out", seed=0, dest=tmp_path / "sal-mixed"), progress=False)
+    row = inspect(InspectConfig(path=tmp_path / "sal-mixed", limit=1))["samples"][0]
+    assert "#" not in row["pair_names"] and row["pair_names"].split("->")[0] in PSEUDO.names
+    assert stats(StatsConfig(path=tmp_path / "sal-mixed"), progress=False)["samples"] > 0
+
+
 def test_saliency_mix_blends_masks_over_the_pseudo_label_clusters(clustered):
     tmp_path, _ = clustered
     result, plan = saliency_mix(MixConfig(out=tmp_path / "out", seed=0), progress=False)
