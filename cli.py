@@ -520,7 +520,7 @@ def _train_errors():
 @trainer.command("run")
 @click.option("--shards", type=click.Path(path_type=Path), required=True,
               help="blendgen output root holding mixed/ (stage 1), train/ (stage 2) and val/ (evaluation).")
-@click.option("--preset", type=click.Choice(["demo", "bmvc-r101", "ijcv-r101", "ijcv-r50"]), default=None,
+@click.option("--preset", type=click.Choice(["demo", "photos-cpu", "bmvc-r101", "ijcv-r101", "ijcv-r50"]), default=None,
               help="Defaults for a setting; explicit options win. demo: the CPU recipe of docs/experiments.md "
                    "(resnet18, AdamW, crop 128, 600 + 150 steps; about 9 minutes on 2 CPU cores). bmvc-r101: "
                    "ImageNet ResNet-101, crop 321, 30 + 30 epochs, full-image eval; ijcv-r101 / ijcv-r50: crop 513, "
@@ -570,10 +570,16 @@ def _train_errors():
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=None,
               help="sgd: the papers' (momentum 0.9, weight decay 5e-4); adamw: beta1 = momentum.  [default: sgd]")
 @click.option("--weight-decay", type=click.FloatRange(0), default=None, help="Weight decay.  [default: 5e-4]")
+@click.option("--optimizer2", type=click.Choice(["sgd", "adamw"]), default=None,
+              help="Stage 2's optimizer, ours (docs/experiments.md). Default: --optimizer's.")
+@click.option("--weight-decay2", type=click.FloatRange(0), default=None,
+              help="Stage 2's weight decay. Default: --weight-decay's.")
 @click.option("--warmup", type=click.IntRange(0), default=None,
               help="Optimizer steps of linear learning-rate warm-up at the start of each stage.  [default: 0]")
 @click.option("--ppa-eps", type=click.FloatRange(0, min_open=True), default=None,
               help="Stage 2: ε of the phantom term log(ε + Σ ReLU(S_p)) (docs/experiments.md).  [default: 1e-6]")
+@click.option("--ppa-weight", type=click.FloatRange(0), default=None,
+              help="Stage 2: weight of the phantom term, ours (1 = the paper's Eq. 5; 0 = CE alone).  [default: 1]")
 @click.option("--grad-clip", type=click.FloatRange(0, min_open=True), default=None,
               help="Clip the global gradient norm of each optimizer step to this. Default: no clipping.")
 @click.option("--eval-every", type=click.IntRange(0), default=None,
@@ -592,6 +598,9 @@ def _train_errors():
               help="CPU threads of the training process. Default: torch's (all cores).")
 @click.option("--eval-crop", type=click.IntRange(16), default=None,
               help="Evaluate on centre crops of this size (IJCV: 513). Default: full images (BMVC).")
+@click.option("--eval-scale", type=click.FloatRange(0, 4, min_open=True), default=None,
+              help="Run the network at this fraction of each evaluated image's size and score its upsampled "
+                   "prediction on the stored labels (ours; pair with --scale S:S).  [default: 1]")
 @click.option("--checkpoint-every", type=click.IntRange(1), default=None,
               help="Optimizer steps between last.pt saves.  [default: 100]")
 @click.option("--log-every", type=click.IntRange(1), default=None,
@@ -648,6 +657,9 @@ def run_(shards, preset, no_ssh, no_denoise, resume, quiet, **options):
 @click.option("--split", default="val", show_default=True, help="Shard directory under --shards to evaluate.")
 @click.option("--eval-crop", type=click.IntRange(16), default=None,
               help="Centre crops of this size (IJCV: 513). Default: full images.")
+@click.option("--eval-scale", type=click.FloatRange(0, 4, min_open=True), default=None,
+              help="Run the network at this fraction of each image's size, scored on the stored labels. "
+                   "Default: the run's own (trainer run --eval-scale, e.g. 0.5 in --preset photos-cpu).")
 @click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True,
               help="Images per batch (>1 pads full images, an approximation).")
 @click.option("--workers", type=click.IntRange(0), default=2, show_default=True, help="Loader processes.")
@@ -690,7 +702,7 @@ def run_(shards, preset, no_ssh, no_denoise, resume, quiet, **options):
 @click.option("--task", type=click.Choice(["auto", "segmentation", "saliency"]), default="auto", show_default=True,
               help="saliency: max F_beta, mean F_beta, MAE and their curves (IJCV Table 7); auto = saliency on "
                    "shards written with --task saliency.")
-def eval_(checkpoint, shards, split, eval_crop, batch_size, workers, on_corrupt, device, head, out, quiet, suites,
+def eval_(checkpoint, shards, split, eval_crop, eval_scale, batch_size, workers, on_corrupt, device, head, out, quiet, suites,
           task, **suite_options):
     """mIoU, per-class IoU and pixel accuracy of a checkpoint on one split (report.json, report.md);
     with --suite, the papers' complex-scene, out-of-context, adversarial and blur suites.
@@ -704,7 +716,7 @@ def eval_(checkpoint, shards, split, eval_crop, batch_size, workers, on_corrupt,
 
     try:
         config = EvalConfig(checkpoint=str(checkpoint), shards=str(shards), split=split, eval_crop=eval_crop,
-                            batch_size=batch_size, workers=workers, device=device, head=head,
+                            eval_scale=eval_scale, batch_size=batch_size, workers=workers, device=device, head=head,
                             out=None if out is None else str(out), on_corrupt=on_corrupt, progress=not quiet)
         if set(suites) != {"overall"}:
             return _eval_suites(config, suites, suite_options)

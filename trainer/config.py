@@ -52,6 +52,15 @@ PRESETS: dict[str, dict] = {
     "demo": {"backbone": "resnet18", "crop": 128, "scale": (1.0, 1.0), "batch_size": 8, "iters1": 600,
              "iters2": 150, "optimizer": "adamw", "weight_decay": 1e-2, "lr1": 1e-3, "lr2": 1e-4, "warmup": 30,
              "ppa_eps": 1.0, "eval_every": 150, "log_every": 10, "checkpoint_every": 50},
+    # ``--preset photos-cpu``: real photos of ~480x360 (street scenes, CamVid-sized) on two CPU
+    # cores in about 30 minutes of training and evaluation, from random weights (all ours,
+    # docs/photos.md): the demo's network and optimizer, every image trained and evaluated at half
+    # its size (--scale 0.5:0.5, --eval-scale 0.5: predictions are upsampled and scored on the
+    # stored labels), random 176 crops of the 240x180 result, 675 + 225 steps.
+    "photos-cpu": {"backbone": "resnet18", "crop": 176, "scale": (0.5, 0.5), "eval_scale": 0.5, "batch_size": 8,
+                   "iters1": 675, "iters2": 225, "optimizer": "adamw", "weight_decay": 1e-2, "lr1": 1e-3,
+                   "lr2": 1e-4, "warmup": 30, "ppa_eps": 1.0, "eval_every": 225, "log_every": 10,
+                   "checkpoint_every": 75},
     # The papers' recipes (the rest are TrainConfig's defaults, which are the papers': SGD,
     # momentum 0.9, weight decay 5e-4, poly from 2.5e-4 / 2.5e-5). The papers say only "random
     # cropping", so these presets do not rescale (our 0.5-2.0 default is off); output stride 16
@@ -83,6 +92,9 @@ class TrainConfig:
     crop: int = 321  # random training crop (BMVC 321, IJCV 513)
     scale: tuple[float, float] = (0.5, 2.0)  # random rescaling range before the crop
     eval_crop: int | None = None  # None = full images (BMVC); 513 = center crops (IJCV)
+    # network input size / stored size at evaluation (ours): 0.5 runs a model trained with
+    # --scale 0.5:0.5 on half-size photos and scores its upsampled logits on the stored labels
+    eval_scale: float = 1.0
     batch_size: int = 8  # per process; the global batch is batch_size * accum * world size
     eval_batch_size: int = 1
     accum: int = 1  # gradient accumulation: batches per optimizer step
@@ -100,10 +112,15 @@ class TrainConfig:
     optimizer: str = "sgd"  # one of OPTIMIZERS; momentum is AdamW's beta1
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    # stage 2's own optimizer and weight decay (ours; None = stage 1's): e.g. AdamW to learn from
+    # random weights in stage 1, the papers' SGD for the denoising fine-tune (docs/experiments.md)
+    optimizer2: str | None = None
+    weight_decay2: float | None = None
     poly_power: float = 0.9
     warmup: int = 0  # optimizer steps of linear warm-up at the start of each stage (ours; 0 = none)
     # -- stage 2: ℓ_PPA = log(ε + Σ ReLU(S_p)) per image (IJCV Eq. 5; ε ours, docs/experiments.md)
     ppa_eps: float = 1e-6
+    ppa_weight: float = 1.0  # λ in L2 = CE + λ·ℓ_PPA (ours; 1 = the paper's Eq. 5, 0 = CE alone)
     grad_clip: float | None = None  # max global gradient norm per optimizer step; None = no clipping
     # -- evaluation on val during training: every eval_every optimizer steps and at each stage's end
     eval_every: int | None = None  # None = only at each stage's end; 0 = never during training
@@ -133,6 +150,7 @@ class TrainConfig:
         _check(self.crop >= 16, "crop", f"expected >= 16, got {self.crop}")
         _check(self.eval_crop is None or self.eval_crop >= 16, "eval_crop",
                f"expected None (full images) or >= 16, got {self.eval_crop}")
+        _check(0 < self.eval_scale <= 4, "eval_scale", f"expected in (0, 4], got {self.eval_scale}")
         lo, hi = self.scale
         _check(0 < lo <= hi, "scale", f"expected 0 < min <= max, got {self.scale}")
         for name in ("batch_size", "eval_batch_size", "accum", "shuffle_buffer", "unit",
@@ -141,6 +159,11 @@ class TrainConfig:
         _check(self.workers >= 0, "workers", f"expected >= 0, got {self.workers}")
         _check(self.on_corrupt in ("stop", "skip"), "on_corrupt", f"expected stop or skip, got {self.on_corrupt!r}")
         _check(self.optimizer in OPTIMIZERS, "optimizer", f"expected one of {OPTIMIZERS}, got {self.optimizer!r}")
+        _check(self.optimizer2 is None or self.optimizer2 in OPTIMIZERS, "optimizer2",
+               f"expected None (stage 1's) or one of {OPTIMIZERS}, got {self.optimizer2!r}")
+        _check(self.weight_decay2 is None or self.weight_decay2 >= 0, "weight_decay2",
+               f"expected None (stage 1's) or >= 0, got {self.weight_decay2}")
+        _check(self.ppa_weight >= 0, "ppa_weight", f"expected >= 0, got {self.ppa_weight}")
         _check(self.warmup >= 0, "warmup", f"expected >= 0, got {self.warmup}")
         _check(self.ppa_eps > 0, "ppa_eps", f"expected > 0, got {self.ppa_eps}")
         _check(self.grad_clip is None or self.grad_clip > 0, "grad_clip", f"expected None or > 0, got {self.grad_clip}")
@@ -196,6 +219,13 @@ class TrainConfig:
     def two_branch(self) -> bool:
         """The source separation network (True) or a plain single-head DeepLabv3 (baselines)."""
         return self.method in TWO_BRANCH_METHODS
+
+    def stage_optimizer(self, stage: int) -> tuple[str, float, float]:
+        """(optimizer, initial lr, weight decay) of stage 1 or 2."""
+        if stage == 1:
+            return self.optimizer, self.lr1, self.weight_decay
+        wd = self.weight_decay if self.weight_decay2 is None else self.weight_decay2
+        return self.optimizer2 or self.optimizer, self.lr2, wd
 
     def stage_length(self, stage: int) -> tuple[str, int]:
         """("iters", n) or ("epochs", n) for stage 1 or 2, as given."""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -41,6 +42,7 @@ class EvalConfig:
     shards: str
     split: str = "val"
     eval_crop: int | None = None  # None = full images; 513 = IJCV centre crops
+    eval_scale: float | None = None  # network input size / stored size; None = the run's own (trainer run --eval-scale)
     batch_size: int = 1
     workers: int = 2
     device: str = "auto"
@@ -56,6 +58,8 @@ class EvalConfig:
             raise ValueError(f"head: expected one of {HEADS}, got {self.head!r}")
         if self.eval_crop is not None and self.eval_crop < 16:
             raise ValueError(f"eval_crop: expected None (full images) or >= 16, got {self.eval_crop}")
+        if self.eval_scale is not None and not 0 < self.eval_scale <= 4:
+            raise ValueError(f"eval_scale: expected None (the run's own) or in (0, 4], got {self.eval_scale}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {self.batch_size}")
         if self.workers < 0:
@@ -90,16 +94,30 @@ def eval_loader(shards: ShardDir, crop: int | None, batch_size: int, workers: in
 
 
 def evaluate(model: nn.Module, loader, num_classes: int, ignore_index: int, d: Dist, head: str = "t",
-             amp_dtype: torch.dtype | None = None, progress: bool = False) -> ConfusionMatrix:
+             amp_dtype: torch.dtype | None = None, progress: bool = False, scale: float = 1.0) -> ConfusionMatrix:
     """Accumulate the confusion matrix of ``head``'s argmax over ``loader``, summed over ranks."""
-    return evaluate_heads(model, loader, num_classes, ignore_index, d, (head,), amp_dtype, progress)[head]
+    return evaluate_heads(model, loader, num_classes, ignore_index, d, (head,), amp_dtype, progress, scale)[head]
+
+
+def scaled_forward(model: nn.Module, x: Tensor, scale: float = 1.0) -> dict[str, Tensor]:
+    """The model's outputs for normalised images ``x`` (B, 3, H, W), the network run at ``scale``
+    times their size (ours, ``--eval-scale``: a model trained on downscaled photos sees them at the
+    size it learned) and every output resized back to (H, W), so labels are scored as stored."""
+    if scale == 1.0:
+        return model(x)
+    h, w = x.shape[-2:]
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))  # as RandomScale rounds in training
+    out = model(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
+    return {k: F.interpolate(v, size=(h, w), mode="bilinear", align_corners=False) for k, v in out.items()}
 
 
 @torch.inference_mode()
 def evaluate_heads(model: nn.Module, loader, num_classes: int, ignore_index: int, d: Dist, heads: tuple[str, ...],
-                   amp_dtype: torch.dtype | None = None, progress: bool = False) -> dict[str, ConfusionMatrix]:
-    """One pass over ``loader``, one confusion matrix per output head, summed over ranks. Leaves
-    the model in eval mode (callers that go on training set it back)."""
+                   amp_dtype: torch.dtype | None = None, progress: bool = False,
+                   scale: float = 1.0) -> dict[str, ConfusionMatrix]:
+    """One pass over ``loader``, one confusion matrix per output head, summed over ranks; the
+    network runs at ``scale`` times each image's size (see ``scaled_forward``). Leaves the model
+    in eval mode (callers that go on training set it back)."""
     model.eval()
     cms = {head: ConfusionMatrix(num_classes, ignore_index) for head in heads}
     channels_last = d.device.type == "cuda"
@@ -109,7 +127,7 @@ def evaluate_heads(model: nn.Module, loader, num_classes: int, ignore_index: int
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast:
-            out = model(normalize(x))
+            out = scaled_forward(model, normalize(x), scale)
         label = batch["label"].to(d.device, non_blocking=True)  # (B, H, W)
         for head, cm in cms.items():
             cm.update(label, prediction(out, head).argmax(1))  # (B, H, W)
@@ -139,7 +157,7 @@ def write_report(directory: Path, report: dict) -> None:
     (directory / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     pct = lambda v: "n/a" if v is None or v != v else f"{100 * v:.2f}"  # noqa: E731  (NaN != NaN)
     lines = [f"# Evaluation on {report.get('split', '?')}", ""]
-    lines += [f"- {k}: {report[k]}" for k in ("checkpoint", "stage", "head", "samples", "eval_crop") if k in report]
+    lines += [f"- {k}: {report[k]}" for k in ("checkpoint", "stage", "head", "samples", "eval_crop", "eval_scale") if k in report]
     lines += ["", "| measure | value |", "| --- | --- |",
               f"| mIoU | {pct(report['miou'])} |", f"| pixel accuracy | {pct(report['pixel_acc'])} |",
               f"| mean class accuracy | {pct(report['mean_acc'])} |", "",
@@ -168,15 +186,18 @@ def evaluate_checkpoint(config: EvalConfig) -> dict:
         if d.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         head = eval_head(model, ckpt["stage"], config.head)
+        scale = checkpoint_eval_scale(ckpt, config.eval_scale)
         start = time.perf_counter()
         loader = eval_loader(shards, config.eval_crop, config.batch_size, config.workers, d, config.on_corrupt)
         take_skipped()
         heads = tuple(dict.fromkeys((head, *prediction_heads(model))))  # every head from one pass
         cms = evaluate_heads(model, loader, classes.num_classes, classes.ignore_index, d, heads,
-                             amp_dtype=torch.bfloat16 if d.device.type == "cuda" else None, progress=config.progress)
+                             amp_dtype=torch.bfloat16 if d.device.type == "cuda" else None, progress=config.progress,
+                             scale=scale)
         report = make_report(cms[head], classes, split=config.split, checkpoint=str(config.checkpoint),
                              stage=ckpt["stage"], head=head, samples=shards.num_samples,
-                             eval_crop=config.eval_crop, time_s=round(time.perf_counter() - start, 2))
+                             eval_crop=config.eval_crop, eval_scale=scale,
+                             time_s=round(time.perf_counter() - start, 2))
         if len(cms) > 1:  # both of the two-branch network's predictions: S_t (ours) and S_ss (the paper's)
             report["by_head"] = by_head(cms, classes)
         skipped = corrupt_summary(take_skipped(), d)
@@ -189,6 +210,14 @@ def evaluate_checkpoint(config: EvalConfig) -> dict:
         return report
     finally:
         cleanup()
+
+
+def checkpoint_eval_scale(ckpt: dict, asked: float | None) -> float:
+    """The scale to evaluate a checkpoint at: the one asked for, else the one its run trained
+    and validated with (``trainer run --eval-scale``; 1 for runs from before the option)."""
+    if asked is not None:
+        return float(asked)
+    return float((ckpt.get("config") or {}).get("eval_scale", 1.0))
 
 
 def corrupt_summary(messages: list[str], d: Dist, named: int = 5) -> dict:

@@ -66,13 +66,15 @@ def stage2_loss(
     label: Tensor,
     ignore_index: int = 255,
     eps: float = 1e-6,
+    weight: float = 1.0,
 ) -> tuple[Tensor, dict[str, float]]:
     """L2 = CE(S_t, G) + ℓ_PPA   (IJCV Eq. 5): fine-tune on standard images while pushing the
     phantom branch, which has no target there, towards zero activation. ℓ_PPA is averaged over
-    the batch (ours)."""
+    the batch (ours); ``weight`` scales it (ours, 1 = the paper; 0 = plain CE, the control of
+    docs/experiments.md). The logged "ppa" is unweighted."""
     ce_t = per_image_ce(out["t"], label, ignore_index).mean()
     ppa = phantom_activation(out["p"], eps).mean()
-    loss = ce_t + ppa
+    loss = ce_t + weight * ppa if weight else ce_t
     return loss, _as_floats({"ce_t": ce_t, "ppa": ppa}, loss)
 
 

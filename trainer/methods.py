@@ -65,9 +65,11 @@ def stage1_criterion(out: dict[str, Tensor], batch: dict, ignore_index: int) -> 
     return stage1_loss(out, batch["label"], batch["phantom"], batch["delta"], ignore_index)
 
 
-def stage2_criterion(out: dict[str, Tensor], batch: dict, ignore_index: int, eps: float = 1e-6) -> tuple[Tensor, dict]:
-    """IJCV Eq. 5, the denoising stage on standard images; ``eps`` inside ℓ_PPA's log."""
-    return stage2_loss(out, batch["label"], ignore_index, eps)
+def stage2_criterion(out: dict[str, Tensor], batch: dict, ignore_index: int, eps: float = 1e-6,
+                     weight: float = 1.0) -> tuple[Tensor, dict]:
+    """IJCV Eq. 5, the denoising stage on standard images; ``eps`` inside ℓ_PPA's log, ``weight``
+    on ℓ_PPA (both ours)."""
+    return stage2_loss(out, batch["label"], ignore_index, eps, weight)
 
 
 def ce_criterion(out: dict[str, Tensor], batch: dict, ignore_index: int) -> tuple[Tensor, dict]:
@@ -80,9 +82,11 @@ def mixup_criterion(out: dict[str, Tensor], batch: dict, ignore_index: int) -> t
     return mixup_loss(out, batch["label"], batch["phantom"], batch["delta"], ignore_index)
 
 
-def criterion(method: str, stage: int, ppa_eps: float = 1e-6) -> Criterion:
+def criterion(method: str, stage: int, ppa_eps: float = 1e-6, ppa_weight: float = 1.0) -> Criterion:
     if method in ("sourcesep-cc", "sourcesep-cm"):
-        return stage1_criterion if stage == 1 else update_wrapper(partial(stage2_criterion, eps=ppa_eps), stage2_criterion)
+        if stage == 1:
+            return stage1_criterion
+        return update_wrapper(partial(stage2_criterion, eps=ppa_eps, weight=ppa_weight), stage2_criterion)
     return mixup_criterion if method in ("mixup", "mixup-cm") else ce_criterion
 
 

@@ -307,7 +307,7 @@ def make_stage(r: Run, model: nn.Module, stage: int, batches_per_epoch: int, sta
     kind, length = c.stage_budget(stage)
     total = length if kind == "iters" else max(1, length * batches_per_epoch // c.accum)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(c, params, c.lr1 if stage == 1 else c.lr2)
+    optimizer = make_optimizer(c, params, stage)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, total=total, warmup=c.warmup,
                                                                      power=c.poly_power))
     scaler = torch.amp.GradScaler(r.dist.device.type, enabled=r.amp_dtype == torch.float16)
@@ -321,14 +321,16 @@ def make_stage(r: Run, model: nn.Module, stage: int, batches_per_epoch: int, sta
     if r.dist.distributed:
         device_ids = [r.dist.device.index] if r.dist.device.type == "cuda" else None
         wrapped = DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
-    return Stage(stage, wrapped, criterion(c.method, stage, c.ppa_eps), mix, optimizer, scheduler, scaler, total, position)
+    return Stage(stage, wrapped, criterion(c.method, stage, c.ppa_eps, c.ppa_weight), mix, optimizer, scheduler, scaler, total, position)
 
 
-def make_optimizer(c: TrainConfig, params: list, lr: float) -> torch.optim.Optimizer:
-    """The papers' SGD (momentum, weight decay), or AdamW with the same momentum as beta1 (ours)."""
-    if c.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=(c.momentum, 0.999), weight_decay=c.weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=c.momentum, weight_decay=c.weight_decay)
+def make_optimizer(c: TrainConfig, params: list, stage: int) -> torch.optim.Optimizer:
+    """The papers' SGD (momentum, weight decay), or AdamW with the same momentum as beta1 (ours),
+    each stage with its own (``TrainConfig.stage_optimizer``)."""
+    kind, lr, weight_decay = c.stage_optimizer(stage)
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=(c.momentum, 0.999), weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=c.momentum, weight_decay=weight_decay)
 
 
 def lr_factor(step: int, *, total: int, warmup: int, power: float) -> float:
@@ -399,7 +401,7 @@ def evaluate_val(r: Run, model: nn.Module, progress: bool = False) -> tuple[dict
                          r.config.on_corrupt)
     start = time.perf_counter()
     cms = evaluate_heads(model, loader, r.classes.num_classes, r.classes.ignore_index, r.dist, model_heads(model),
-                         r.amp_dtype, progress)
+                         r.amp_dtype, progress, r.config.eval_scale)
     return cms, time.perf_counter() - start, shards
 
 
@@ -529,7 +531,7 @@ def final_evaluation(r: Run, model: nn.Module, position: Position | None) -> dic
         log_validation(r, position, cms, head, seconds)
     report = make_report(cms[head], r.classes, split="val", run=str(r.dir), method=c.method, stage=stage, head=head,
                          dataset=dataset_identity(shards), samples=shards.num_samples, eval_crop=c.eval_crop,
-                         eval_time_s=round(seconds, 2), total_time_s=round(time.perf_counter() - r.started, 2))
+                         eval_scale=c.eval_scale, eval_time_s=round(seconds, 2), total_time_s=round(time.perf_counter() - r.started, 2))
     if len(cms) > 1:  # both of the two-branch network's predictions: S_t (ours) and S_ss (the paper's)
         report["by_head"] = {h: {k: v for k, v in make_report(cm, r.classes).items() if k != "pixels"}
                              for h, cm in cms.items()}
