@@ -728,6 +728,9 @@ def eval_(checkpoint, shards, split, eval_crop, eval_scale, batch_size, workers,
     except ValueError as exc:
         _fail(exc)
     if "report_dir" in report:
+        from trainer.evaluate import per_class_text
+
+        click.echo(f"IoU per class on {split} (head {report['head']}):\n{per_class_text(report)}")
         click.echo(f"{split} mIoU {100 * report['miou']:.2f}  pixel acc {100 * report['pixel_acc']:.2f}  "
                    f"-> {report['report_dir']}/report.md")
         _echo_skipped(report)
