@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from blendgen.shards import ShardDir
-from trainer.data import (ShardStream, batched, epoch_addresses, make_loader, make_units, rank_span, shuffle_buffer,
-                          worker_part)
+from trainer.config import TrainConfig
+from trainer.data import (ShardStream, batched, epoch_addresses, make_loader, make_units, rank_batches, rank_span,
+                          shuffle_buffer, worker_part)
 from trainer.transforms import eval_transform, pad_collate, train_transform
 
 
@@ -29,6 +30,21 @@ def test_units_cover_every_sample_once():
     assert units.tolist() == [[0, 0, 5], [0, 5, 10], [0, 10, 13], [1, 0, 5], [1, 5, 10], [1, 10, 11]]
     order = epoch_addresses(units, shuffle=True, seed=0, epoch=1)
     assert sorted(map(tuple, order.tolist())) == [(0, i) for i in range(13)] + [(1, i) for i in range(11)]
+
+
+@pytest.mark.parametrize("sizes", [[13, 11], [0, 7, 0, 64, 1], [], [1000, 999, 5]])
+@pytest.mark.parametrize("unit", [1, 3, 32, 64, 2000])
+def test_units_and_order_are_those_of_the_per_unit_definition(sizes, unit):
+    # The vectorised functions give exactly the rows of their definition, so runs recorded with
+    # any unit (32 before issue 18) keep their order.
+    rows = [(s, a, min(a + unit, n)) for s, n in enumerate(sizes) for a in range(0, n, unit)]
+    units = make_units(sizes, unit)
+    assert units.dtype == np.int64 and units.shape == (len(rows), 3) and units.tolist() == [list(r) for r in rows]
+    for shuffle in (False, True):
+        order = units[np.random.default_rng([7, 2]).permutation(len(units))] if shuffle else units
+        want = [[s, i] for s, a, b in order.tolist() for i in range(a, b)]
+        got = epoch_addresses(units, shuffle=shuffle, seed=7, epoch=2)
+        assert got.dtype == np.int64 and got.shape == (len(want), 2) and got.tolist() == want
 
 
 def test_shuffle_buffer_is_a_permutation_with_bounded_lookahead():
@@ -120,3 +136,61 @@ def test_paired_transform_keeps_labels_aligned(shared_shards):
 def test_too_few_samples_for_one_batch_per_rank_is_an_error(shared_shards):
     with pytest.raises(ValueError, match="do not fill one batch"):
         stream(shared_shards, split="val", batch_size=4, world_size=3)
+
+
+# -- the order training sees: uniform, not dominant-grouped runs (issue 18) ----------------------
+
+
+def test_default_epoch_order_is_a_permutation_that_splits_shard_runs(shared_shards):
+    # With the buffer out of the way (1 entry), the default order is the epoch permutation itself:
+    # every sample once, and a shard's consecutive samples (one dominant's blends, as blendgen mix
+    # writes them) no longer follow each other. Units of 32 would keep ~22 of 23 neighbours.
+    followers = 0
+    for epoch in range(4):
+        ds = ShardStream(ShardDir.open(shared_shards / "mixed"), train_transform(32), 4, shuffle=True,
+                         drop_last=True, seed=0, shuffle_buffer=1)
+        ds.set_epoch(epoch)
+        keys = keys_of(make_loader(ds, workers=0, pin_memory=False))
+        assert sorted(keys) == [f"mixed-{k:04d}" for k in range(24)]
+        index = [int(k.split("-")[1]) for k in keys]
+        followers += sum(b == a + 1 for a, b in zip(index, index[1:]))
+    assert followers <= 12  # a uniform permutation of 24: about one per epoch
+
+
+def test_rank_batches_are_the_batches_the_loader_yields(shared_shards):
+    ds = stream(shared_shards, batch_size=3, unit=1, rank=1, world_size=2)
+    ds.set_epoch(5)
+    loaded = [b["key"] for b in make_loader(ds, workers=2, pin_memory=False)]
+    first = {0: 0, 1: 13}  # shared_shards/mixed: shards of 13 and 11 samples, keys numbered across them
+    planned = [[f"mixed-{first[s] + i:04d}" for s, i in batch]
+               for batch in rank_batches([13, 11], 3, seed=0, epoch=5, rank=1, world_size=2, num_workers=2)]
+    assert loaded == planned
+
+
+def expected_uniform(groups: np.ndarray, draws: int) -> float:
+    """Distinct groups expected among ``draws`` samples drawn without replacement."""
+    n = int(groups.sum())
+    miss = [np.prod((n - g - np.arange(draws)) / (n - np.arange(draws))) for g in groups]
+    return len(groups) - float(np.sum(miss))
+
+
+@pytest.mark.parametrize("unit,buffer,uniform", [(None, None, True), (32, 256, False)])
+def test_training_defaults_reach_a_uniform_shuffles_statistics(unit, buffer, uniform):
+    # A mix plan in miniature: 150 dominants of 20 consecutive blends, shards of 100. The first
+    # 60 batches of 8 (TrainConfig's workers) hold as many distinct dominants as a uniform
+    # shuffle's, within 5%, and as few repeats per batch, within 0.1; the old units of 32 in a
+    # 256-sample buffer do not.
+    config = TrainConfig(shards="-")
+    unit, buffer = unit or config.unit, buffer or config.shuffle_buffer
+    groups = np.full(150, 20)
+    dominant = np.repeat(np.arange(150), groups)
+    bs, nb, distinct, repeated = config.batch_size, 60, [], []
+    for seed in range(5):
+        batches = list(rank_batches([100] * 30, bs, seed=seed, num_workers=config.workers, unit=unit,
+                                    buffer=buffer))[:nb]
+        ids = [dominant[[100 * s + i for s, i in b]] for b in batches]
+        distinct.append(len(np.unique(np.concatenate(ids))))
+        repeated.append(np.mean([bs - len(np.unique(d)) for d in ids]))
+    want_distinct, want_repeated = expected_uniform(groups, bs * nb), bs - expected_uniform(groups, bs)
+    close = abs(np.mean(distinct) / want_distinct - 1) <= 0.05 and abs(np.mean(repeated) - want_repeated) <= 0.1
+    assert close == uniform, (np.mean(distinct), want_distinct, np.mean(repeated), want_repeated)

@@ -100,7 +100,9 @@ class TrainConfig:
     accum: int = 1  # gradient accumulation: batches per optimizer step
     workers: int = 2  # DataLoader worker processes per rank (0 = load in the training process)
     shuffle_buffer: int = 256  # samples in each worker's shuffle buffer
-    unit: int = 32  # samples per partition unit (a range of one shard)
+    # samples per partition unit (a range of one shard). 1 (since issue 18): the epoch order is a uniform
+    # permutation of all samples; larger units keep runs of consecutive blends (one dominant's) together
+    unit: int = 1
     on_corrupt: str = "stop"  # a sample whose checksum fails: stop (one-line error) or skip (counted, reported)
     # -- schedule: optimizer steps (iters) or passes over the data (epochs), per stage; 0 skips it
     iters1: int | None = None

@@ -11,8 +11,15 @@ rebuilt on resume):
 
 1. **Units.** Every shard is cut into ranges of ``unit`` consecutive samples, the (shard,
    sample-range) units; shuffling permutes the units with ``default_rng([seed, epoch])``.
-   Reads inside a unit are sequential, and a directory with fewer shards than ranks x workers
-   still splits evenly, because the split below is by samples, not by shards.
+   A directory with fewer shards than ranks x workers still splits evenly, because the split
+   below is by samples, not by shards. The default unit is **one sample**, so the epoch order
+   is a seeded uniform permutation of every sample of the directory: ``blendgen mix`` writes
+   each dominant image's blends (19-96 of them) next to each other, and units of 32 seen
+   through a 256-sample buffer put several blends of one dominant into most batches (on the
+   demo: 142 distinct dominants in the first 240 batches of 8 where a uniform shuffle gives
+   393; docs/performance.md). The price is random instead of sequential reads within the
+   shards, measured there too. Larger units (``TrainConfig.unit``, e.g. 32 in runs recorded
+   before it became 1) read sequentially inside a unit and keep the old order exactly.
 2. **Ranks.** The concatenated unit order is cut into one contiguous slice per rank. Training
    (``drop_last=True``) gives every rank the same number of full batches, dropping the
    ``< world_size * batch_size`` samples at the end of the epoch's order (different ones each
@@ -28,7 +35,8 @@ rebuilt on resume):
    The buffer holds sample *addresses* (shard, index), and a sample is read when it leaves the
    buffer: the order is that of a buffer of decoded samples, reads stay within a window of
    ``shuffle_buffer`` samples of the sequential stream, memory is a few bytes per entry, and
-   skipping k batches on resume costs no reading at all.
+   skipping k batches on resume costs no reading at all. With units of one sample the order
+   is already uniform and the buffer changes nothing of its statistics.
 5. **Samples.** Each sample's augmentation draws from ``default_rng([seed, epoch, shard,
    index])``: it does not depend on which worker or rank reads it, or on what was skipped.
 
@@ -58,17 +66,25 @@ from .transforms import collate, to_sample
 
 def make_units(shard_sizes: list[int], unit: int) -> np.ndarray:
     """(U, 3) int64 rows (shard, start, stop): every shard cut into ranges of ``unit`` samples."""
-    rows = [(s, start, min(start + unit, n)) for s, n in enumerate(shard_sizes) for start in range(0, n, unit)]
-    return np.array(rows, dtype=np.int64).reshape(-1, 3)
+    sizes = np.asarray(shard_sizes, dtype=np.int64).reshape(-1)
+    counts = -(-sizes // unit)  # units per shard
+    shard = np.repeat(np.arange(len(sizes), dtype=np.int64), counts)
+    first = np.cumsum(counts) - counts  # each shard's first unit
+    start = (np.arange(len(shard), dtype=np.int64) - np.repeat(first, counts)) * unit
+    stop = np.minimum(start + unit, np.repeat(sizes, counts))
+    return np.stack([shard, start, stop], axis=1).reshape(-1, 3)
 
 
 def epoch_addresses(units: np.ndarray, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
     """(N, 2) int64 rows (shard, index): the epoch's sample order before the shuffle buffer."""
     if shuffle:
         units = units[np.random.default_rng([seed, epoch]).permutation(len(units))]
-    shard = np.repeat(units[:, 0], units[:, 2] - units[:, 1])
-    index = np.concatenate([np.arange(a, b) for a, b in units[:, 1:]]) if len(units) else np.zeros(0, np.int64)
-    return np.stack([shard, index], axis=1)
+    lengths = units[:, 2] - units[:, 1]
+    shard = np.repeat(units[:, 0], lengths)
+    # index = the unit's start + the position inside the unit, without one arange per unit
+    offset = np.repeat(units[:, 1] - (np.cumsum(lengths) - lengths), lengths)
+    index = np.arange(len(shard), dtype=np.int64) + offset
+    return np.stack([shard, index], axis=1).reshape(-1, 2)
 
 
 @dataclass(frozen=True)
@@ -133,6 +149,37 @@ def batched(items: Iterable, n: int) -> Iterator[list]:
         yield chunk
 
 
+def part_batches(units: np.ndarray, span: tuple[int, int], batch_size: int, role: int, num_workers: int, *,
+                 shuffle: bool, seed: int, epoch: int, rank: int, buffer: int) -> Iterator[list[tuple[int, int]]]:
+    """The address batches that part ``role`` of a rank's ``span`` makes (steps 1-4 above):
+    lists of (shard, index), nothing read. :class:`ShardStream` loads exactly these."""
+    part = worker_part(span, batch_size, role, num_workers)
+    addresses = epoch_addresses(units, shuffle, seed, epoch)[part.start:part.stop]
+    stream: Iterable = map(tuple, addresses.tolist())
+    if shuffle:
+        stream = shuffle_buffer(stream, buffer, np.random.default_rng([seed, epoch, rank, role]))
+    return batched(stream, batch_size)
+
+
+def rank_batches(shard_sizes: list[int], batch_size: int, *, shuffle: bool = True, drop_last: bool = True,
+                 seed: int = 0, epoch: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 1,
+                 unit: int = 1, buffer: int = 256) -> Iterator[list[tuple[int, int]]]:
+    """One rank's address batches of an epoch in the order the DataLoader hands them back
+    (round-robin over the workers' parts), from the shard sizes alone: what training sees,
+    for measuring an order (bench/bench_order.py) without reading a file."""
+    units = make_units(shard_sizes, unit)
+    span = rank_span(int(np.sum(shard_sizes, dtype=np.int64)), batch_size, rank, world_size, drop_last)
+    parts = [part_batches(units, span, batch_size, w, num_workers, shuffle=shuffle, seed=seed, epoch=epoch,
+                          rank=rank, buffer=buffer) for w in range(num_workers)]
+    while parts:
+        for it in list(parts):
+            batch = next(it, None)
+            if batch is None:
+                parts.remove(it)  # counts differ by at most one, earlier parts hold the extra
+            else:
+                yield batch
+
+
 # -- the dataset ----------------------------------------------------------------------------------
 
 
@@ -149,7 +196,7 @@ class ShardStream(IterableDataset):
 
     def __init__(self, shards: ShardDir, transform: Callable, batch_size: int, *, shuffle: bool,
                  drop_last: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle_buffer: int = 256, unit: int = 32, collate_fn: Callable = collate,
+                 shuffle_buffer: int = 256, unit: int = 1, collate_fn: Callable = collate,
                  on_corrupt: str = "stop") -> None:
         if on_corrupt not in ON_CORRUPT:
             raise ValueError(f"on_corrupt: expected one of {ON_CORRUPT}, got {on_corrupt!r}")
@@ -188,12 +235,8 @@ class ShardStream(IterableDataset):
         # The DataLoader asks worker 0 first; after skipping k batches the next one is made by
         # part k % nw, so worker w plays part (w + k) % nw and round-robin order is kept.
         role = (worker + self.skip) % num_workers
-        part = worker_part(self.span, self.batch_size, role, num_workers)
-        addresses = epoch_addresses(self.units, self.shuffle, self.seed, self.epoch)[part.start:part.stop]
-        stream: Iterable = map(tuple, addresses.tolist())
-        if self.shuffle:
-            stream = shuffle_buffer(stream, self.buffer, np.random.default_rng([self.seed, self.epoch, self.rank, role]))
-        batches = batched(stream, self.batch_size)
+        batches = part_batches(self.units, self.span, self.batch_size, role, num_workers, shuffle=self.shuffle,
+                               seed=self.seed, epoch=self.epoch, rank=self.rank, buffer=self.buffer)
         for batch in islice(batches, skipped_by_worker(self.skip, role, num_workers), None):
             yield self.make_batch(batch)
 
