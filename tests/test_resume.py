@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from trainer import checkpoint as ckpt_io
@@ -57,3 +58,22 @@ def test_killed_run_resumes_to_the_same_weights(shared_shards, tmp_path):
                                                      (1, 5, False), (1, 5, True), (2, 1, False), (2, 1, True)]
     report = lambda name: json.loads((tmp_path / name / "report.json").read_text())["miou"]  # noqa: E731
     assert report("killed") == report("reference")
+
+
+def test_a_run_recorded_with_units_of_32_resumes_with_them(tmp_path):
+    # Units of one sample became the default after runs had recorded unit=32 (issue 18): resuming
+    # such a run (trainer run has no --unit) goes on with its own order, not the new default's.
+    from trainer.config import TrainConfig
+    from trainer.train import check_resumable
+
+    run_dir = tmp_path / "old"
+    run_dir.mkdir()
+    (run_dir / "last.pt").write_bytes(b"")
+    saved = TrainConfig(shards="out", name="old", unit=32, iters1=5, iters2=1)
+    (run_dir / "config.json").write_text(json.dumps(saved.to_dict()))
+    resumed = check_resumable(TrainConfig(shards="out", name="old", iters1=5, iters2=1, resume=True), run_dir)
+    assert resumed.unit == 32 and resumed.shuffle_buffer == 256
+    assert TrainConfig(shards="out").unit == 1
+    # An explicit other layout is still a change the resume refuses.
+    with pytest.raises(ValueError, match="unit"):
+        check_resumable(TrainConfig(shards="out", name="old", iters1=5, iters2=1, unit=8, resume=True), run_dir)

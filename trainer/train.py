@@ -128,7 +128,7 @@ def start_run(config: TrainConfig, d: Dist) -> Run:
     config = config.replace(name=name, **recorded_fields(config))
     run_dir = Path(config.out) / name
     if config.resume:
-        check_resumable(config, run_dir)
+        config = check_resumable(config, run_dir)
         if d.is_main:
             for tmp in ckpt_io.remove_stale_temporaries(run_dir):
                 tqdm.write(f"removed {tmp}, a checkpoint a killed run left half-written", file=sys.stderr)
@@ -152,15 +152,25 @@ def start_run(config: TrainConfig, d: Dist) -> Run:
     return Run(config, d, run_dir, classes, model_config, amp_dtype)
 
 
-def check_resumable(config: TrainConfig, run_dir: Path) -> None:
-    """A resumed run must compute what the interrupted one did: same config, a last.pt."""
+# Fields with no ``trainer run`` option that fix a run's data order: a resumed run left at their
+# defaults takes them from its config.json (a run started when units of 32 were the default goes
+# on with unit=32, the order it began with).
+ORDER_FIELDS = ("unit", "shuffle_buffer")
+
+
+def check_resumable(config: TrainConfig, run_dir: Path) -> TrainConfig:
+    """A resumed run must compute what the interrupted one did: same config, a last.pt. Returns
+    the config to resume with (:data:`ORDER_FIELDS` left at their defaults come from the run)."""
     if not (run_dir / "last.pt").is_file():
         raise ValueError(f"resume: {run_dir / 'last.pt'} not found; nothing to resume")
     saved = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    fields = TrainConfig.__dataclass_fields__
+    config = config.replace(**{k: getattr(saved, k) for k in ORDER_FIELDS if getattr(config, k) == fields[k].default})
     changed = [f"{k} (was {v!r}, now {getattr(config, k)!r})" for k, v in saved.to_dict().items()
                if k not in RESUMABLE_CHANGES and config.to_dict()[k] != v]
     if changed:
         raise ValueError("resume: the run was started with other options: " + ", ".join(changed))
+    return config
 
 
 def recorded_fields(config: TrainConfig) -> dict:
