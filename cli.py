@@ -554,6 +554,9 @@ def _train_errors():
 @click.option("--gamma-rule", type=click.Choice(["thres", "skip"]), default=None,
               help="sourcesep-cm above γ: thres = blend with δ = 0.9 (γ-thres), skip = do not blend.  "
                    "[default: thres]")
+@click.option("--delta-min", type=click.FloatRange(0.5, 1), default=None,
+              help="sourcesep-cm, ours: floor of the dominant's δ; the folded [0.5, 1] is mapped linearly onto "
+                   "[DELTA_MIN, 1] (docs/methods.md). Default: none, the papers' δ.")
 @click.option("--crop", type=click.IntRange(16), default=None, help="Random training crop.  [default: 321]")
 @click.option("--scale", callback=_range_option, default=None, metavar="MIN:MAX",
               help="Random rescaling of each training image before the crop, ours (the papers say only "
@@ -565,6 +568,10 @@ def _train_errors():
 @click.option("--iters2", type=click.IntRange(0), default=None, help="Stage-2 optimizer steps (0 skips the stage).")
 @click.option("--epochs1", type=click.IntRange(0), default=None, help="Stage-1 epochs, instead of --iters1.  [default: 30]")
 @click.option("--epochs2", type=click.IntRange(0), default=None, help="Stage-2 epochs, instead of --iters2.  [default: 30]")
+@click.option("--budget", type=click.Choice(["steps", "epochs"]), default=None,
+              help="steps: every method the same optimizer steps (a baseline iters1 + iters2 in one stage); "
+                   "epochs: the papers' budget, --epochs1/--epochs2 passes over each method's own data (a "
+                   "baseline epochs1 alone); takes no --iters and replaces a preset's steps.  [default: steps]")
 @click.option("--lr1", type=float, default=None, help="Stage-1 initial learning rate (poly 0.9).  [default: 2.5e-4]")
 @click.option("--lr2", type=float, default=None, help="Stage-2 initial learning rate (poly 0.9).  [default: 2.5e-5]")
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=None,
@@ -631,6 +638,8 @@ def run_(shards, preset, no_ssh, no_denoise, resume, quiet, **options):
         if f"iters{stage}" in given or f"epochs{stage}" in given:
             settings.pop(f"iters{stage}", None)
             settings.pop(f"epochs{stage}", None)
+        if given.get("budget") == "epochs":  # the papers' budget counts no steps: a preset's (demo) go
+            settings.pop(f"iters{stage}", None)
     settings.update(given)
     try:
         config = TrainConfig(shards=str(shards), ssh=not no_ssh, denoise=not no_denoise, resume=resume,
@@ -643,6 +652,7 @@ def run_(shards, preset, no_ssh, no_denoise, resume, quiet, **options):
 
         click.echo(f"IoU per class on val (head {report['head']}):\n{per_class_text(report)}")
         click.echo(f"val mIoU {100 * report['miou']:.2f}  pixel acc {100 * report['pixel_acc']:.2f}  "
+                   f"budget {report.get('budget', 'steps')}  "
                    f"-> {report['report_dir']}/report.md")
         _echo_skipped(report)
         if "saliency" in report:

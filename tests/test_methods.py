@@ -81,6 +81,76 @@ def test_stage_budgets_give_the_baselines_both_stages_in_one():
     assert TrainConfig(shards="out", method="cutmix").stage_budget(1) == ("epochs", 60)
 
 
+def test_budget_and_delta_min_are_refused_where_they_contradict_or_mean_nothing():
+    for bad, field in [(dict(budget="papers"), "budget"),
+                       (dict(budget="epochs", iters1=10), "iters1"),
+                       (dict(method="deeplabv3", budget="epochs", epochs1=2, iters2=5), "iters2"),
+                       (dict(method="mixup", delta_min=0.7), "delta_min"),
+                       (dict(method="mixup-cm", delta_min=0.7), "delta_min"),
+                       (dict(method="sourcesep-cc", delta_min=0.7), "delta_min"),
+                       (dict(method="sourcesep-cm", delta_min=0.3), "delta_min"),
+                       (dict(method="sourcesep-cm", delta_min=0.7, alpha=0.0), "delta_min")]:
+        with pytest.raises(ValueError, match=f"^{field}:"):
+            TrainConfig(shards="out", **bad)
+    cm = TrainConfig(shards="out", method="sourcesep-cm", delta_min=0.7, budget="epochs", epochs1=2)
+    assert (cm.delta_min, cm.budget, cm.stage_length(2)) == (0.7, "epochs", ("epochs", 30))  # unset: 30 epochs
+    assert TrainConfig.from_dict(json.loads(json.dumps(cm.to_dict()))) == cm
+    old = {k: v for k, v in TrainConfig(shards="out", iters1=3, iters2=2).to_dict().items()
+           if k not in ("budget", "delta_min")}  # a config.json from before both fields
+    assert TrainConfig.from_dict(old).budget == "steps" and TrainConfig.from_dict(old).delta_min is None
+
+
+def test_epochs_budget_counts_passes_over_each_methods_own_shards(shared_shards):
+    """shared_shards: mixed/ 24 samples, train/ 16; batch 4 -> 6 and 4 batches per epoch."""
+    from types import SimpleNamespace
+
+    from trainer.train import make_stage, train_dataset
+
+    def totals(**options):
+        c = TrainConfig(shards=str(shared_shards), batch_size=4, workers=0, device="cpu", **options)
+        r = SimpleNamespace(config=c, dist=SimpleNamespace(device=torch.device("cpu"), distributed=False, rank=0,
+                                                            world_size=1), amp_dtype=None)
+        model = torch.nn.Conv2d(3, 1, 1)
+        model.ssh = None
+        out = []
+        for stage in (1, 2):
+            if c.stage_budget(stage)[1] == 0:
+                out.append(0)
+                continue
+            batches = len(train_dataset(r, ShardDir.open(stage_dir(c, stage))))
+            out.append(make_stage(r, model, stage, batches, None, None).total_steps)
+        return tuple(out)
+
+    epochs = dict(budget="epochs", epochs1=2, epochs2=3)
+    assert totals(method="sourcesep-cc", **epochs) == (2 * 6, 3 * 4)  # stage 1 over mixed/, stage 2 over train/
+    assert totals(method="sourcesep-cm", **epochs) == (2 * 4, 3 * 4)
+    for method in ("deeplabv3", "mixup", "cutmix", "mixup-cm"):  # the papers' stage-1 recipe alone
+        assert totals(method=method, **epochs) == (2 * 4, 0)
+    assert totals(method="deeplabv3", epochs1=2, epochs2=3) == ((2 + 3) * 4, 0)  # steps: both lengths, as before
+    assert totals(method="deeplabv3", iters1=7, iters2=5) == (12, 0)
+    assert totals(method="sourcesep-cc", iters1=7, iters2=5) == (7, 5)
+
+
+def test_cli_budget_epochs_replaces_a_presets_steps_and_refuses_iters(monkeypatch):
+    import trainer.train as train_module
+
+    seen = {}
+    monkeypatch.setattr(train_module, "run", lambda config: seen.update(config=config) or
+                        {"report_dir": "runs/x", "head": "t", "miou": 0.25, "pixel_acc": 0.5,
+                         "per_class_iou": {"a": 0.25}, "budget": config.budget})
+    result = CliRunner().invoke(trainer_cli, ["run", "--shards", "out", "--preset", "demo", "--budget", "epochs",
+                                              "--epochs1", "1", "--method", "sourcesep-cm", "--delta-min", "0.7"])
+    assert result.exit_code == 0, result.output
+    c = seen["config"]
+    assert (c.budget, c.stage_length(1), c.stage_length(2), c.delta_min) == ("epochs", ("epochs", 1), ("epochs", 30), 0.7)
+    assert "budget epochs" in result.output.splitlines()[-1]  # the summary line names the protocol
+    result = CliRunner().invoke(trainer_cli, ["run", "--shards", "out", "--preset", "ijcv-r50", "--budget", "epochs"])
+    assert result.exit_code == 0 and seen["config"].stage_length(1) == ("epochs", 50)  # a preset's epochs stay
+    result = CliRunner().invoke(trainer_cli, ["run", "--shards", "out", "--budget", "epochs", "--iters1", "5"])
+    assert result.exit_code != 0 and "iters1: budget epochs" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
 def test_stage_dirs_follow_the_method(tmp_path):
     assert stage_dir(TrainConfig(shards="o"), 1).as_posix() == "o/mixed"
     assert stage_dir(TrainConfig(shards="o", mixed="o/mixed-random"), 1).as_posix() == "o/mixed-random"
@@ -170,6 +240,18 @@ def test_mixup_cm_pairs_by_cooccurrence_and_trains_with_mixups_loss(shared_shard
     assert loss.item() == pytest.approx(expected.item())
 
 
+def test_sourcesep_cm_batches_take_delta_min_from_the_config(shared_shards):
+    x, batch = tiny_batch()
+    train = ShardDir.open(shared_shards / "train")
+    cpu = torch.device("cpu")
+    floored = batch_mixer(TrainConfig(shards="o", method="sourcesep-cm", gamma=math.inf, delta_min=0.8), 1, train, cpu)
+    papers = batch_mixer(TrainConfig(shards="o", method="sourcesep-cm", gamma=math.inf), 1, train, cpu)
+    got = torch.cat([floored(x, batch, torch.Generator().manual_seed(s))[1]["delta"] for s in range(50)])
+    base = torch.cat([papers(x, batch, torch.Generator().manual_seed(s))[1]["delta"] for s in range(50)])
+    assert (got >= torch.tensor(0.8)).all() and base.min() < 0.8  # the papers' δ goes below the floor
+    assert torch.allclose(got, (0.8 + 0.2 * (2 * base.double() - 1)).float(), atol=1e-6)  # same draws, mapped
+
+
 def test_only_online_methods_mix_and_only_in_stage_1(shared_shards):
     train = ShardDir.open(shared_shards / "train")
     cpu = torch.device("cpu")
@@ -221,6 +303,7 @@ def test_each_method_trains_its_stages_and_records_itself(method_runs):
             assert not any(k.startswith(("phantom_classifier", "ssh")) for k in weights["model"])
             assert not (run_dir / "stage2.pt").exists()
         assert report["dataset"]["samples"] == 8 and 0 <= report["miou"] <= 1
+        assert report["budget"] == "steps" == config["budget"]
 
 
 def test_methods_log_their_losses_terms(method_runs):

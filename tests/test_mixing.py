@@ -280,6 +280,39 @@ def test_alpha_zero_keeps_images_unless_gamma_applies():
     assert delta[2] == torch.tensor(0.9)  # 3 classes + its partner's 1 > γ = 3
 
 
+@pytest.mark.parametrize("alpha", [0.2, 1.0])
+def test_delta_min_floors_delta_with_the_same_draws(alpha):
+    image, label = batch_of([[PERSON], [CAR], [DOG], [BUS, HORSE]])
+    cooc = torch.as_tensor(voc_cooc([(PERSON, CAR, 5), (DOG, HORSE, 2)]))
+    floor = 0.7
+    for seed in range(300):
+        papers = cooccurrence_mix(image, label, cooc, VOC_IDS, alpha, math.inf, gen(seed))
+        floored = cooccurrence_mix(image, label, cooc, VOC_IDS, alpha, math.inf, gen(seed), delta_min=floor)
+        g = gen(seed)  # replay today's draw: one Beta(α, α), folded to the dominant
+        beta = float(sample_beta(alpha, g))
+        folded = max(beta, 1 - beta)
+        # None is today's δ bit for bit, and 0.5 maps [0.5, 1] onto itself exactly
+        assert (papers[3] == np.float32(folded)).all()
+        np.testing.assert_array_equal(
+            cooccurrence_mix(image, label, cooc, VOC_IDS, alpha, math.inf, gen(seed), delta_min=0.5)[3], papers[3])
+        np.testing.assert_array_equal(floored[3].numpy(), np.float32(floor + (1 - floor) * (2 * folded - 1)))
+        assert torch.equal(floored[2], papers[2])  # the draw order is unchanged: same partners
+    deltas = torch.cat([cooccurrence_mix(image, label, cooc, VOC_IDS, alpha, math.inf, gen(s), delta_min=floor)[3]
+                        for s in range(300)])
+    assert deltas.min() >= torch.tensor(floor, dtype=torch.float32) and deltas.max() <= 1
+    assert deltas.min() < floor + 0.02  # the floor is reached, not just respected
+
+
+def test_delta_min_keeps_gamma_thres_and_refuses_a_floor_below_one_half():
+    image, label = batch_of([[PERSON], [CAR], [DOG, BUS, HORSE]])
+    cooc = torch.as_tensor(voc_cooc([(PERSON, CAR, 5)]))
+    delta = cooccurrence_mix(image, label, cooc, VOC_IDS, 1.0, 3, gen(0), delta_min=0.95)[3]
+    assert delta[2] == torch.tensor(0.9) and (delta[:2] >= torch.tensor(0.95)).all()  # γ-thres as is
+    for bad in (0.4, 1.5):
+        with pytest.raises(ValueError, match="^delta_min:"):
+            cooccurrence_mix(image, label, cooc, VOC_IDS, 1.0, 3, gen(0), delta_min=bad)
+
+
 # -- blending over random batches vs the literal algorithm ------------------------------------
 
 

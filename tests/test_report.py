@@ -110,6 +110,32 @@ def test_runs_of_other_data_classes_or_protocol_are_refused(tmp_path, change, me
     assert len(result.output.strip().splitlines()) == 1  # one line, no traceback
 
 
+def test_one_setting_under_two_budget_protocols_is_refused_as_one_seed_group(tmp_path):
+    epochs = dict(method="sourcesep-cc", epochs1=1, epochs2=1)  # the same stages under either protocol
+    a = fake_run(tmp_path, "cc-s0", 0.1, seed=0, **epochs)
+    b = fake_run(tmp_path, "cc-s1", 0.2, seed=1, budget="epochs", **epochs)
+    result = CliRunner().invoke(trainer_cli, ["report", str(a), str(b), "--out", str(tmp_path / "rep")])
+    assert result.exit_code != 0 and "under two budget protocols" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_runs_from_before_the_budget_field_pool_with_steps_runs_and_epochs_runs_stand_apart(tmp_path):
+    steps = dict(method="deeplabv3", epochs1=2, epochs2=1)
+    old = fake_run(tmp_path, "dl-s0", 0.30, stage=1, seed=0, **steps)
+    config = json.loads((old / "config.json").read_text())
+    del config["budget"], config["delta_min"]  # config.json as written before both fields
+    (old / "config.json").write_text(json.dumps(config))
+    new = fake_run(tmp_path, "dl-s1", 0.32, stage=1, seed=1, **steps)
+    papers = [fake_run(tmp_path, f"dl-ep-s{s}", m, stage=1, seed=s, budget="epochs", **steps)
+              for s, m in ((0, 0.20), (1, 0.22))]  # 2 epochs, not 2 + 1: another setting, no refusal
+    make_report(ReportConfig(runs=tuple(map(str, [old, new, *papers])), out=str(tmp_path / "rep")))
+    seeds = {r[0]: r[1] for r in _rows(tmp_path / "rep" / "seeds.csv")[1:]}
+    assert seeds == {"DeepLabv3, resnet50": "2", "DeepLabv3 (epochs budget), resnet50": "2"}
+    page = (tmp_path / "rep" / "report.md").read_text()
+    assert "| dl-ep-s0 | DeepLabv3 (epochs budget) | 2 epochs (one stage) |" in page
+    assert "| dl-s0 | DeepLabv3 | 3 epochs (one stage) |" in page and "--budget epochs" in page
+
+
 def test_unfinished_run_is_refused(tmp_path):
     d = fake_run(tmp_path, "a", 0.1)
     (d / "report.json").unlink()
@@ -152,6 +178,9 @@ def test_run_command_rebuilds_the_same_config(tmp_path, monkeypatch):
                TrainConfig(shards="/o", name="w", method="sourcesep-cc", ppa_eps=1.0, eval_every=0, iters1=3, iters2=2),
                TrainConfig(shards="/o", name="v", method="deeplabv3", **PRESETS["ijcv-r101"]),
                TrainConfig(shards="/o", name="u", method="sourcesep-cm", **{**PRESETS["bmvc-r101"], "epochs2": 3}),
+               TrainConfig(shards="/o", name="t", method="sourcesep-cm", budget="epochs", delta_min=0.75,
+                           **PRESETS["ijcv-r50"]),
+               TrainConfig(shards="/o", name="s", method="mixup", budget="epochs", epochs1=2, epochs2=1),
                TrainConfig(shards="/o", name="y", method="sourcesep-cc", mixed="/o/mixed-r", ssh=False, denoise=False,
                            iters1=5, iters2=0, lr1=0.02, threads=1)]
     for config in configs:

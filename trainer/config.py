@@ -7,6 +7,24 @@
 variants train two stages, the single-head baselines one stage of both lengths together
 (:meth:`TrainConfig.stage_budget`).
 
+``budget`` names how long each method trains (``trainer run --budget``; docs/methods.md):
+
+* ``steps`` (the default, ours): the same optimizer steps for every method. SourceSep trains
+  iters1 then iters2 steps, a single-head baseline one stage of iters1 + iters2 steps. Lengths
+  given in epochs keep the meaning they had before this field (each stage's passes over its own
+  data; a baseline epochs1 + epochs2 passes over SHARDS/train), so older configs and the paper
+  presets compute what they did.
+* ``epochs`` (the papers' budget, BMVC / IJCV Sect. 4): every length counts passes over the
+  method's own data. SourceSep-CC: epochs1 over SHARDS/mixed, then epochs2 over SHARDS/train;
+  SourceSep-CM: both over SHARDS/train; a baseline: epochs1 passes over SHARDS/train in one
+  stage from lr1. The papers train the baselines "using the same set of hyper-parameters", i.e.
+  SourceSep's stage-1 recipe (30 / 50 epochs from 2.5e-4); epochs2 is the denoising stage, which
+  only SourceSep has, so a baseline ignores it.
+
+The one rule between the two: ``budget="epochs"`` takes only epochs; an iters1 or iters2 given
+with it is refused (ValueError naming it), and unset epochs are :data:`DEFAULT_EPOCHS` each.
+``trainer run --budget epochs`` drops a preset's step counts for the same reason.
+
 ``trainer run`` builds one :class:`TrainConfig` from its options and writes it, resolved, to
 ``runs/NAME/config.json`` and into every checkpoint (as a plain dict, so checkpoints load with
 ``torch.load(..., weights_only=True)``). A resumed run rebuilds itself from that copy.
@@ -40,6 +58,7 @@ DEFAULT_GAMMA = 3.0
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 OPTIMIZERS = ("sgd", "adamw")  # sgd = the papers' (momentum, weight decay); adamw (ours, the demo)
 DEFAULT_EPOCHS = 30  # BMVC 2020: 30 epochs per stage (IJCV: 50)
+BUDGETS = ("steps", "epochs")  # equal optimizer steps (ours, default) or the papers' epochs per method
 
 # ``--preset demo``: the synthetic demo dataset (~150 px images) on two CPU cores in about nine
 # minutes of training and evaluation. Every choice is ours, measured in docs/experiments.md: from
@@ -109,6 +128,7 @@ class TrainConfig:
     iters2: int | None = None
     epochs1: int | None = None
     epochs2: int | None = None
+    budget: str = "steps"  # one of BUDGETS: how the methods' lengths compare (module docstring)
     lr1: float = 2.5e-4
     lr2: float = 2.5e-5
     optimizer: str = "sgd"  # one of OPTIMIZERS; momentum is AdamW's beta1
@@ -130,6 +150,9 @@ class TrainConfig:
     alpha: float | None = None  # Beta(α, α) of sourcesep-cm (δ), mixup and cutmix (λ)
     gamma: float | None = None  # sourcesep-cm: max unique categories of a pair (math.inf = none)
     gamma_rule: str | None = None  # sourcesep-cm: what happens above γ, one of GAMMA_RULES
+    # sourcesep-cm (ours): floor of the dominant's δ, the folded [0.5, 1] mapped onto [delta_min, 1];
+    # None = the papers' δ (trainer.mixing.cooccurrence_mix)
+    delta_min: float | None = None
     # -- recorded, not chosen: ``trainer run`` copies them from the stage-1 manifest (sourcesep-cc)
     mixed_strategy: str | None = None  # blendgen mix --strategy of the stage-1 shards
     mixed_delta: str | None = None  # its --delta, e.g. "0.7:1"
@@ -178,10 +201,13 @@ class TrainConfig:
         _check(self.weight_decay >= 0, "weight_decay", f"expected >= 0, got {self.weight_decay}")
         _check(self.poly_power >= 0, "poly_power", f"expected >= 0, got {self.poly_power}")
         object.__setattr__(self, "scale", (float(lo), float(hi)))
+        _check(self.budget in BUDGETS, "budget", f"expected one of {BUDGETS}, got {self.budget!r}")
         for stage in (1, 2):
             iters, epochs = getattr(self, f"iters{stage}"), getattr(self, f"epochs{stage}")
             _check(iters is None or epochs is None, f"iters{stage}",
                    f"give iters{stage} or epochs{stage}, not both")
+            _check(iters is None or self.budget != "epochs", f"iters{stage}",
+                   f"budget epochs counts passes over each method's data: give epochs{stage}, not iters{stage}")
             for name, value in ((f"iters{stage}", iters), (f"epochs{stage}", epochs)):
                 _check(value is None or value >= 0, name, f"expected >= 0, got {value}")
             if iters is None and epochs is None:
@@ -216,6 +242,11 @@ class TrainConfig:
         else:
             _check(self.gamma is None, "gamma", f"only sourcesep-cm pairs by co-occurrence, not {m}")
             _check(self.gamma_rule is None, "gamma_rule", f"only sourcesep-cm pairs by co-occurrence, not {m}")
+        if self.delta_min is not None:  # mixup-cm's λ weighs both targets in one head: no contradiction to floor
+            _check(m == "sourcesep-cm", "delta_min", f"only sourcesep-cm's dominant δ has a floor, not {m}'s")
+            _check(0.5 <= self.delta_min <= 1, "delta_min", f"expected in [0.5, 1], got {self.delta_min}")
+            _check(self.alpha > 0, "delta_min", "alpha 0 draws no δ (δ = 1): there is nothing to floor")
+            object.__setattr__(self, "delta_min", float(self.delta_min))
 
     @property
     def two_branch(self) -> bool:
@@ -240,10 +271,13 @@ class TrainConfig:
         The two-branch methods train the stages as given (stage 2 none without denoising). A
         single-head baseline has one stage of both lengths together, iters1 + iters2 steps from
         lr1 (ours, docs/methods.md): the same optimizer steps and images as SourceSep, trained
-        the way the baselines' own papers train, in one run of the poly schedule."""
+        the way the baselines' own papers train, in one run of the poly schedule. Under
+        ``budget="epochs"`` a baseline trains epochs1 alone, the papers' stage-1 recipe."""
         kind, length = self.stage_length(stage)
         if not self.two_branch:
-            return (kind, length + self.stage_length(2)[1]) if stage == 1 else (kind, 0)
+            if stage == 2:
+                return (kind, 0)
+            return (kind, length) if self.budget == "epochs" else (kind, length + self.stage_length(2)[1])
         if stage == 2 and not self.denoise:
             return (kind, 0)
         return kind, length

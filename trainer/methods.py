@@ -12,7 +12,8 @@
 | ``cutmix`` | single head | ``out/train``, CutMix (Yun et al. 2019), CE on the pasted label map | none |
 | ``mixup-cm`` | single head | ``out/train``, Mixup whose partner is the most co-occurring batch mate (IJCV Table 10), Mixup's loss | none |
 
-L1 and L2 are IJCV Eqs. 4-5 (:mod:`trainer.losses`). How long each stage is: ``TrainConfig.stage_budget``.
+L1 and L2 are IJCV Eqs. 4-5 (:mod:`trainer.losses`). How long each stage is: ``TrainConfig.stage_budget``
+(``budget`` steps: equal optimizer steps; epochs: the papers' passes over each method's own data).
 
 Online mixing runs on the device after the batch is there (:func:`batch_mixer`): every crop of a
 batch has the same size, so whole images can be blended, and padded label pixels stay 255 in both
@@ -114,7 +115,8 @@ def stored_presence(classes: list[tuple[int, ...]], columns: dict[int, int], dev
 
 def mix_cooccurrence(x: Tensor, batch: dict, g: torch.Generator, *, cooc: Tensor, object_ids: Tensor,
                      alpha: float, gamma: float, rule: str, ignore_index: int,
-                     class_columns: dict[int, int] | None = None) -> tuple[Tensor, dict]:
+                     class_columns: dict[int, int] | None = None, delta_min: float | None = None
+                     ) -> tuple[Tensor, dict]:
     """SourceSep-CM: every sample becomes the dominant of a blend with its most co-occurring batch
     mate (IJCV Algorithm 2); targets G_k and G_m*, and each pair's δ, for the stage-1 loss.
 
@@ -122,17 +124,22 @@ def mix_cooccurrence(x: Tensor, batch: dict, g: torch.Generator, *, cooc: Tensor
     "max = γ" rows, which "do not blend images if the maximum threshold is exceeded" (IJCV 5.3):
     such a sample stays standard (δ = 1, no phantom target), as in a mixed shard.
 
+    ``delta_min`` (ours, ``--delta-min``): δ mapped from [0.5, 1] onto [delta_min, 1]
+    (:func:`trainer.mixing.cooccurrence_mix`); None = the papers' δ.
+
     ``class_columns`` (saliency, IJCV Sect. 4.5): pair by the samples' stored pseudo-label class
     sets instead of the classes in their label maps, which are masks there."""
     label = batch["label"]  # (B, H, W)
     if class_columns is not None:
         presence = stored_presence(batch["classes"], class_columns, x.device)  # (B, N)
         mixed, dominant, phantom, delta = cooccurrence_mix(x, label, cooc, object_ids, alpha, gamma, g, ignore_index,
-                                                           presence=presence)
+                                                           presence=presence, delta_min=delta_min)
     elif rule == "thres":
-        mixed, dominant, phantom, delta = cooccurrence_mix(x, label, cooc, object_ids, alpha, gamma, g, ignore_index)
+        mixed, dominant, phantom, delta = cooccurrence_mix(x, label, cooc, object_ids, alpha, gamma, g, ignore_index,
+                                                           delta_min=delta_min)
     else:
-        mixed, dominant, phantom, delta = cooccurrence_mix(x, label, cooc, object_ids, alpha, math.inf, g, ignore_index)
+        mixed, dominant, phantom, delta = cooccurrence_mix(x, label, cooc, object_ids, alpha, math.inf, g, ignore_index,
+                                                           delta_min=delta_min)
         categories = (class_presence(dominant, object_ids, ignore_index).sum(1)
                       + class_presence(phantom, object_ids, ignore_index).sum(1))  # (B,) |U_k| + |U_m*|
         over = categories > gamma  # (B,)
@@ -190,4 +197,4 @@ def batch_mixer(config: TrainConfig, stage: int, shards: ShardDir, device: torch
         pairing["class_columns"] = {int(c): r for r, c in enumerate(object_ids)}
     if config.method == "mixup-cm":
         return partial(mix_mixup_cooccurrence, **pairing)
-    return partial(mix_cooccurrence, **pairing, gamma=config.gamma, rule=config.gamma_rule)
+    return partial(mix_cooccurrence, **pairing, gamma=config.gamma, rule=config.gamma_rule, delta_min=config.delta_min)

@@ -167,6 +167,7 @@ def cooccurrence_mix(
     generator: torch.Generator,
     ignore_index: int = 255,
     presence: Tensor | None = None,
+    delta_min: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """SourceSep-CM: blend each sample with its most co-occurring batch mate (IJCV Algorithm 2).
 
@@ -179,13 +180,25 @@ def cooccurrence_mix(
     ``gamma`` object classes in all gets δ = 0.9 ("γ-thres", IJCV Table 11; also when α = 0, as
     printed); ``gamma = math.inf`` turns this off.
 
+    ``delta_min`` (ours, None = the papers' reading): a floor on the dominant's share. The folded
+    δ in [0.5, 1] is mapped linearly onto [delta_min, 1], δ = delta_min + (1 - delta_min)·(2δ - 1),
+    so with α = 1 δ is uniform on [delta_min, 1] (as C_fb's U[0.7, 1]); delta_min = 0.5 gives the
+    papers' δ bit for bit. It uses the same single draw, so the draw order does not change. Why: at
+    δ near 0.5 two samples that picked each other are near-identical inputs with swapped targets.
+    The γ-thres δ = 0.9 still replaces it for pairs over γ.
+
     ``presence`` (B, N) bool: the class sets to pair by, when they are not those of ``label``
     (saliency: the label is a mask, the classes come from pseudo labels, IJCV Sect. 4.5)."""
     _check_batch(image, label)
     if presence is None:
         presence = class_presence(label, object_ids, ignore_index)  # (B, N)
+    if delta_min is not None and not 0.5 <= delta_min <= 1:
+        raise ValueError(f"delta_min: expected in [0.5, 1], got {delta_min}")
     delta = _mixing_weight(alpha, generator, image.device)  # () steps 1-5
-    delta = torch.maximum(delta, 1 - delta).to(torch.float32)  # () dominant >= 1/2
+    delta = torch.maximum(delta, 1 - delta)  # () float64, dominant >= 1/2
+    if delta_min is not None:  # (ours) [0.5, 1] -> [delta_min, 1], in float64 before the cast
+        delta = delta_min + (1 - delta_min) * (2 * delta - 1)
+    delta = delta.to(torch.float32)  # ()
     partner, num_categories = cooccurrence_pairing(presence, cooc_matrix, generator)  # (B,), (B,)
     over = num_categories > gamma  # (B,) steps 29-31, per pair
     delta = torch.where(over, GAMMA_DELTA, delta)  # (B,) float32

@@ -25,7 +25,9 @@ Tables, each with rows only for runs that exist:
 The ablation tables repeat the DeepLabv3 baseline rows, as the papers do.
 
 Runs are compared only on the same data and protocol: another val set (source, split, image ids),
-another class set or another evaluation crop is refused with one line naming both runs.
+another class set or another evaluation crop is refused with one line naming both runs. Runs of
+different budget protocols (``trainer run --budget``) are never pooled as seeds of one setting:
+runs that train the same stages but record different protocols are refused (:func:`seed_groups`).
 
 **Plugging in more tables** (e.g. the evaluation suites): register a builder for a section of
 the runs' reports; it is called when at least one run has that section, and its tables are
@@ -184,6 +186,10 @@ class RunRecord:
             tags.append(f"α = {c.alpha:g}")
         if c.method == "sourcesep-cm" and (c.gamma != DEFAULT_GAMMA or c.gamma_rule != "thres"):
             tags.append(gamma_label(c.gamma, c.gamma_rule))
+        if c.delta_min is not None:
+            tags.append(f"δ ≥ {c.delta_min:g}")
+        if c.budget != "steps":
+            tags.append(f"{c.budget} budget")
         return ", ".join(tags)
 
     def label(self) -> str:
@@ -352,11 +358,23 @@ _NOT_SETTING = ("seed", "name", "out", "progress", "resume", "threads")
 
 
 def seed_groups(runs: list[RunRecord]) -> list[list[RunRecord]]:
-    """Runs that differ in nothing but their seed (and where they were written), in run order."""
+    """Runs that differ in nothing but their seed (and where they were written), in run order.
+
+    A setting is keyed by what its stages train (``stage_budget``), not by the budget protocol's
+    name, so runs that train the same but record different protocols (a SourceSep run's epochs
+    are the same under both) would be one group: that is refused, as their rows would be labelled
+    by one protocol. Runs from before the ``budget`` field load as "steps", today's default."""
     groups: dict[str, list[RunRecord]] = {}
     for run in runs:
-        setting = {k: v for k, v in run.config.to_dict().items() if k not in _NOT_SETTING}
+        setting = {k: v for k, v in run.config.to_dict().items() if k not in _NOT_SETTING + ("budget",)}
+        setting["trained"] = [run.config.stage_budget(1), run.config.stage_budget(2)]
         groups.setdefault(json.dumps(setting, sort_keys=True), []).append(run)
+    for group in groups.values():
+        other = next((r for r in group if r.config.budget != group[0].config.budget), None)
+        if other is not None:
+            raise ValueError(f"{other.path} (budget {other.config.budget}) and {group[0].path} (budget "
+                             f"{group[0].config.budget}) are one setting under two budget protocols; "
+                             f"report each protocol's runs separately")
     return list(groups.values())
 
 

@@ -539,7 +539,8 @@ def final_evaluation(r: Run, model: nn.Module, position: Position | None) -> dic
     cms, seconds, shards = evaluate_val(r, model, c.progress)
     if position is not None:
         log_validation(r, position, cms, head, seconds)
-    report = make_report(cms[head], r.classes, split="val", run=str(r.dir), method=c.method, stage=stage, head=head,
+    report = make_report(cms[head], r.classes, split="val", run=str(r.dir), method=c.method, budget=c.budget,
+                         stage=stage, head=head,
                          dataset=dataset_identity(shards), samples=shards.num_samples, eval_crop=c.eval_crop,
                          eval_scale=c.eval_scale, eval_time_s=round(seconds, 2), total_time_s=round(time.perf_counter() - r.started, 2))
     if len(cms) > 1:  # both of the two-branch network's predictions: S_t (ours) and S_ss (the paper's)
