@@ -14,12 +14,13 @@ rebuilt on resume):
    A directory with fewer shards than ranks x workers still splits evenly, because the split
    below is by samples, not by shards. The default unit is **one sample**, so the epoch order
    is a seeded uniform permutation of every sample of the directory: ``blendgen mix`` writes
-   each dominant image's blends (19-96 of them) next to each other, and units of 32 seen
-   through a 256-sample buffer put several blends of one dominant into most batches (on the
-   demo: 142 distinct dominants in the first 240 batches of 8 where a uniform shuffle gives
-   393; docs/performance.md). The price is random instead of sequential reads within the
-   shards, measured there too. Larger units (``TrainConfig.unit``, e.g. 32 in runs recorded
-   before it became 1) read sequentially inside a unit and keep the old order exactly.
+   a dominant image's blends in runs of consecutive samples (19 on the demo, ~28 at VOC-aug
+   scale), and units of 32 seen through a 256-sample buffer put several blends of one
+   dominant into most batches (demo: 160 distinct dominants in the first 240 batches of 8
+   where a uniform shuffle gives 393; docs/performance.md). The price, random instead of
+   sequential reads within the shards, is ~1-2% of the loader's samples/s (measured there
+   too). Larger units (``TrainConfig.unit``, e.g. 32 in runs recorded before it became 1)
+   read sequentially inside a unit and keep the old order exactly.
 2. **Ranks.** The concatenated unit order is cut into one contiguous slice per rank. Training
    (``drop_last=True``) gives every rank the same number of full batches, dropping the
    ``< world_size * batch_size`` samples at the end of the epoch's order (different ones each
