@@ -2,11 +2,13 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from trainer.losses import (
     ce_loss,
+    median_frequency_weights,
     mixup_loss,
     per_image_ce,
     phantom_activation,
@@ -215,3 +217,26 @@ def test_mixup_loss_with_delta_one_is_plain_ce():
     half, _ = mixup_loss(out, label, phantom, torch.full((B,), 0.5))
     c, _ = ce_loss(out, phantom)
     assert half.item() == pytest.approx((b.item() + c.item()) / 2, rel=1e-6)
+
+
+def test_weighted_per_image_ce_is_the_weighted_mean_of_each_image():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 5)
+    target = torch.randint(0, 3, (2, 4, 5))
+    target[0, 0, :] = IGNORE
+    weight = torch.tensor([0.5, 2.0, 1.0])
+    got = per_image_ce(logits, target, IGNORE, weight)
+    for b in range(2):
+        keep = target[b] != IGNORE
+        ce = torch.nn.functional.cross_entropy(logits[b:b + 1], target[b:b + 1], ignore_index=IGNORE,
+                                               reduction="none")[0][keep]
+        w = weight[target[b][keep]]
+        assert torch.allclose(got[b], (w * ce).sum() / w.sum())
+    assert torch.allclose(per_image_ce(logits, target, IGNORE, torch.ones(3)), per_image_ce(logits, target, IGNORE))
+    assert torch.equal(per_image_ce(logits, torch.full_like(target, IGNORE), IGNORE, weight), torch.zeros(2))
+
+
+def test_median_frequency_weights_by_hand():
+    # class 0: 10 of the 100 pixels of the images holding it; 1: 100 of 100; 2: absent; 3: 1 of 10
+    weights = median_frequency_weights([10, 100, 0, 1], [100, 100, 50, 10])
+    np.testing.assert_allclose(weights, [1.0, 0.1, 0.0, 1.0])  # median frequency 0.1

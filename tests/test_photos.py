@@ -16,6 +16,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from blendgen.shards import ShardDir
 from cli import trainer as trainer_cli
 from trainer.config import PRESETS, TrainConfig
 from trainer.evaluate import scaled_forward
@@ -128,3 +129,35 @@ def test_pipeline_script_refuses_a_missing_split(camvid_like, tmp_path):
                             env={**os.environ, "EVAL_SPLIT": "nosuch"}, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip() == f"pipeline: {camvid_like}/ImageSets/Segmentation/nosuch.txt: no such split list"
+
+
+def test_median_frequency_class_weights_come_from_the_training_labels(camvid_like, tmp_path):
+    from blendgen.clusters import ClusterConfig, build_clusters
+    from blendgen.pack import PackConfig, pack
+    from trainer.data import label_pixel_counts
+    from trainer.losses import median_frequency_weights
+    from trainer.train import run
+
+    out = tmp_path / "out"
+    build_clusters(ClusterConfig(dataset="voc", root=camvid_like, split="train", out=out,
+                                 reader_options={"classes_file": str(camvid_like / "classes.txt")}), progress=False)
+    for split in ("train", "val"):
+        pack(PackConfig(out=out, split=split), progress=False)
+    pixels, image_pixels = np.zeros(11, np.int64), np.zeros(11, np.int64)
+    for image_id in (camvid_like / "ImageSets/Segmentation/train.txt").read_text().split():
+        label = np.array(Image.open(camvid_like / "SegmentationClass" / f"{image_id}.png"))
+        counts = np.bincount(label[label != 255], minlength=11)
+        pixels += counts
+        image_pixels += np.where(counts > 0, counts.sum(), 0)
+    got = label_pixel_counts(ShardDir.open(out / "train"), 11)
+    np.testing.assert_array_equal(got[0], pixels)
+    np.testing.assert_array_equal(got[1], image_pixels)
+
+    run(TrainConfig(shards=str(out), method="deeplabv3", out=str(tmp_path / "runs"), name="weighted",
+                    backbone="resnet18", crop=32, batch_size=2, iters1=1, iters2=1, workers=0, device="cpu",
+                    class_weights="median-freq", progress=False, threads=1))
+    written = json.loads((tmp_path / "runs" / "weighted" / "class_weights.json").read_text())
+    assert written["rule"] == "median-freq"
+    np.testing.assert_allclose(list(written["weights"].values()), median_frequency_weights(pixels, image_pixels),
+                               atol=1e-4)  # written rounded to 4 decimals
+    assert written["weights"]["Road"] < 1 < written["weights"]["Pole"]  # big classes down, small ones up

@@ -56,6 +56,7 @@ GAMMA_RULES = ("thres", "skip")  # IJCV Table 11: "γ-thres" (δ = 0.9 above γ)
 DEFAULT_ALPHA = 1.0
 DEFAULT_GAMMA = 3.0
 AMP_MODES = ("auto", "bf16", "fp16", "none")
+CLASS_WEIGHTS = (None, "median-freq")
 OPTIMIZERS = ("sgd", "adamw")  # sgd = the papers' (momentum, weight decay); adamw (ours, the demo)
 DEFAULT_EPOCHS = 30  # BMVC 2020: 30 epochs per stage (IJCV: 50)
 BUDGETS = ("steps", "epochs")  # equal optimizer steps (ours, default) or the papers' epochs per method
@@ -143,6 +144,9 @@ class TrainConfig:
     # -- stage 2: ℓ_PPA = log(ε + Σ ReLU(S_p)) per image (IJCV Eq. 5; ε ours, docs/experiments.md)
     ppa_eps: float = 1e-6
     ppa_weight: float = 1.0  # λ in L2 = CE + λ·ℓ_PPA (ours; 1 = the paper's Eq. 5, 0 = CE alone)
+    # per-class weights of every CE term (ours): None = the papers' plain CE; "median-freq" =
+    # median frequency balancing from SHARDS/train's labels (small classes of street scenes)
+    class_weights: str | None = None
     grad_clip: float | None = None  # max global gradient norm per optimizer step; None = no clipping
     # -- evaluation on val during training: every eval_every optimizer steps and at each stage's end
     eval_every: int | None = None  # None = only at each stage's end; 0 = never during training
@@ -188,6 +192,8 @@ class TrainConfig:
                f"expected None (stage 1's) or one of {OPTIMIZERS}, got {self.optimizer2!r}")
         _check(self.weight_decay2 is None or self.weight_decay2 >= 0, "weight_decay2",
                f"expected None (stage 1's) or >= 0, got {self.weight_decay2}")
+        _check(self.class_weights in CLASS_WEIGHTS, "class_weights",
+               f"expected one of {CLASS_WEIGHTS}, got {self.class_weights!r}")
         _check(self.ppa_weight >= 0, "ppa_weight", f"expected >= 0, got {self.ppa_weight}")
         _check(self.warmup >= 0, "warmup", f"expected >= 0, got {self.warmup}")
         _check(self.ppa_eps > 0, "ppa_eps", f"expected > 0, got {self.ppa_eps}")

@@ -307,3 +307,20 @@ def make_loader(dataset: ShardStream, workers: int, pin_memory: bool) -> DataLoa
     return ShardLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                       generator=torch.Generator().manual_seed(dataset.seed),
                       prefetch_factor=4 if workers else None, persistent_workers=False)
+
+
+def label_pixel_counts(shards: ShardDir, num_classes: int, ignore_index: int = 255) -> tuple[np.ndarray, np.ndarray]:
+    """Over every sample's (dominant) label map: (pixels of each class, pixels of the images
+    that hold each class), both (num_classes,) int64, for ``--class-weights median-freq``. Reads
+    and decodes only the labels, once, in the training process."""
+    from blendgen.shards import decode_label
+
+    pixels = np.zeros(num_classes, np.int64)
+    image_pixels = np.zeros(num_classes, np.int64)
+    for reader in shards.readers():
+        for i in range(len(reader)):
+            label = decode_label(reader.read_raw(i)["label"])
+            counts = np.bincount(label[label != ignore_index].ravel(), minlength=num_classes)[:num_classes]
+            pixels += counts
+            image_pixels += np.where(counts > 0, int(counts.sum()), 0)
+    return pixels, image_pixels

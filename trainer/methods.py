@@ -61,34 +61,45 @@ def mixed_generation(shards: ShardDir) -> dict[str, str | None]:
 
 
 # -- losses ---------------------------------------------------------------------------------------
-def stage1_criterion(out: dict[str, Tensor], batch: dict, ignore_index: int) -> tuple[Tensor, dict]:
+def stage1_criterion(out: dict[str, Tensor], batch: dict, ignore_index: int,
+                     class_weight: Tensor | None = None) -> tuple[Tensor, dict]:
     """IJCV Eq. 4 on blended samples, each with its own δ."""
-    return stage1_loss(out, batch["label"], batch["phantom"], batch["delta"], ignore_index)
+    return stage1_loss(out, batch["label"], batch["phantom"], batch["delta"], ignore_index, class_weight)
 
 
 def stage2_criterion(out: dict[str, Tensor], batch: dict, ignore_index: int, eps: float = 1e-6,
-                     weight: float = 1.0) -> tuple[Tensor, dict]:
+                     weight: float = 1.0, class_weight: Tensor | None = None) -> tuple[Tensor, dict]:
     """IJCV Eq. 5, the denoising stage on standard images; ``eps`` inside ℓ_PPA's log, ``weight``
     on ℓ_PPA (both ours)."""
-    return stage2_loss(out, batch["label"], ignore_index, eps, weight)
+    return stage2_loss(out, batch["label"], ignore_index, eps, weight, class_weight)
 
 
-def ce_criterion(out: dict[str, Tensor], batch: dict, ignore_index: int) -> tuple[Tensor, dict]:
+def ce_criterion(out: dict[str, Tensor], batch: dict, ignore_index: int,
+                 class_weight: Tensor | None = None) -> tuple[Tensor, dict]:
     """Plain CE: DeepLabv3, and CutMix once its label maps are pasted."""
-    return ce_loss(out, batch["label"], ignore_index)
+    return ce_loss(out, batch["label"], ignore_index, class_weight)
 
 
-def mixup_criterion(out: dict[str, Tensor], batch: dict, ignore_index: int) -> tuple[Tensor, dict]:
+def mixup_criterion(out: dict[str, Tensor], batch: dict, ignore_index: int,
+                    class_weight: Tensor | None = None) -> tuple[Tensor, dict]:
     """Mixup's λ·CE(y_a) + (1-λ)·CE(y_b); :func:`mix_mixup` put y_b in "phantom" and λ in "delta"."""
-    return mixup_loss(out, batch["label"], batch["phantom"], batch["delta"], ignore_index)
+    return mixup_loss(out, batch["label"], batch["phantom"], batch["delta"], ignore_index, class_weight)
 
 
-def criterion(method: str, stage: int, ppa_eps: float = 1e-6, ppa_weight: float = 1.0) -> Criterion:
+def criterion(method: str, stage: int, ppa_eps: float = 1e-6, ppa_weight: float = 1.0,
+              class_weight: Tensor | None = None) -> Criterion:
+    """The loss of ``method`` in ``stage``; ``class_weight`` (K,) weighs every CE term's pixels
+    by their class (``--class-weights``, ours), None = the papers' unweighted CE."""
     if method in ("sourcesep-cc", "sourcesep-cm"):
         if stage == 1:
-            return stage1_criterion
-        return update_wrapper(partial(stage2_criterion, eps=ppa_eps, weight=ppa_weight), stage2_criterion)
-    return mixup_criterion if method in ("mixup", "mixup-cm") else ce_criterion
+            base, options = stage1_criterion, {}
+        else:
+            base, options = stage2_criterion, {"eps": ppa_eps, "weight": ppa_weight}
+    else:
+        base, options = (mixup_criterion if method in ("mixup", "mixup-cm") else ce_criterion), {}
+    if class_weight is not None:
+        options["class_weight"] = class_weight
+    return update_wrapper(partial(base, **options), base) if options else base
 
 
 # -- mixing inside a batch ------------------------------------------------------------------------

@@ -42,11 +42,12 @@ from blendgen.shards import ShardDir
 
 from . import checkpoint as ckpt_io
 from .config import RESUMABLE_CHANGES, TrainConfig
-from .data import ShardStream, make_loader, take_skipped
+from .data import ShardStream, label_pixel_counts, make_loader, take_skipped
 from .distributed import (Dist, all_ranks_ok, barrier, broadcast_object, cleanup, init_distributed, mean_over_ranks,
                           sync_buffers)
 from .curves import draw_curves
 from .evaluate import corrupt_summary, eval_head, eval_loader, evaluate_heads, make_report, write_report
+from .losses import median_frequency_weights
 from .methods import Criterion, Mixer, batch_generator, batch_mixer, criterion, mixed_generation, stage_dir
 from .model import ModelConfig, build_model, configure_stage
 from .saliency import evaluate_saliency, is_saliency, saliency_report, write_saliency
@@ -331,7 +332,24 @@ def make_stage(r: Run, model: nn.Module, stage: int, batches_per_epoch: int, sta
     if r.dist.distributed:
         device_ids = [r.dist.device.index] if r.dist.device.type == "cuda" else None
         wrapped = DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
-    return Stage(stage, wrapped, criterion(c.method, stage, c.ppa_eps, c.ppa_weight), mix, optimizer, scheduler, scaler, total, position)
+    loss = criterion(c.method, stage, c.ppa_eps, c.ppa_weight, class_weight(r))
+    return Stage(stage, wrapped, loss, mix, optimizer, scheduler, scaler, total, position)
+
+
+def class_weight(r: Run) -> Tensor | None:
+    """``--class-weights median-freq``: (K,) weights from SHARDS/train's label pixels, on the
+    device; written to class_weights.json and said once. None = plain CE (the papers')."""
+    c = r.config
+    if c.class_weights is None:
+        return None
+    k = r.classes.num_classes
+    pixels, image_pixels = label_pixel_counts(ShardDir.open(Path(c.shards) / "train"), k, r.classes.ignore_index)
+    weights = median_frequency_weights(pixels, image_pixels)
+    if r.dist.is_main and not r.path("class_weights.json").exists():
+        table = dict(zip(r.classes.names, (round(float(w), 4) for w in weights)))
+        r.path("class_weights.json").write_text(json.dumps({"rule": c.class_weights, "weights": table}, indent=2) + "\n")
+        r.say("class weights (" + c.class_weights + "): " + ", ".join(f"{n} {w:.2f}" for n, w in table.items()))
+    return torch.tensor(weights, dtype=torch.float32, device=r.dist.device)
 
 
 def make_optimizer(c: TrainConfig, params: list, stage: int) -> torch.optim.Optimizer:
