@@ -149,12 +149,22 @@ def _numbered_lines(path: Path, what: str) -> list[str]:
     return lines
 
 
-def read_rgb(path: Path) -> np.ndarray:
+# Images over this many pixels are refused from their header, before anything is decoded: a
+# 9-KB JPEG can claim 30000x30000, and decoding it takes tens of GB. 100 Mpx is above what
+# cameras and phones save (12 to 50 Mpx) and below PIL's own refusal at 179 Mpx. Commands that
+# decode user images take --max-pixels to change it; None = no limit of ours.
+MAX_PIXELS = 100_000_000
+
+_PIL_LIMIT = threading.Lock()  # Image.MAX_IMAGE_PIXELS is global: lifted for one open at a time
+
+
+def read_rgb(path: Path, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     _require(path, "image")
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise DatasetError(f"{path}: unreadable image ({_describe(exc)})") from None
+    header_size(path, max_pixels, data)  # a decompression bomb is refused before it is decoded
     if jpeg_truncated(data):
         raise DatasetError(f"{path}: truncated JPEG (no end-of-image marker)")
     if data.startswith(b"\xff\xd8") and (problem := jpeg_damage(data)):
@@ -244,14 +254,54 @@ def _open_label(path: Path):
         raise DatasetError(f"{path}: unreadable label ({_describe(exc)})") from None
 
 
-def header_size(path: Path) -> tuple[int, int]:
-    _require(path, "image")
+def header_size(path: Path, max_pixels: int | None = MAX_PIXELS, data: bytes | None = None,
+                hint: str = "") -> tuple[int, int]:
+    """(H, W) from the image header alone (PIL's lazy open decodes no pixels), of the file
+    ``path`` or of its bytes ``data`` already read. DatasetError naming the file when it is
+    unreadable or has more than ``max_pixels`` pixels (``hint`` says how to allow it)."""
+    if data is None:
+        _require(path, "image")
     try:
-        with Image.open(path) as im:
-            w, h = im.size
+        try:
+            w, h = _pil_size(path, data)
+        except Image.DecompressionBombError as exc:
+            # PIL refuses above 2 x MAX_IMAGE_PIXELS before telling the size; ours may be higher
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            pixels = int(found.group(1)) if found else None
+            if max_pixels is not None and (pixels is None or pixels > max_pixels):
+                raise DatasetError(f"{path}: image of {_mpx(pixels)} Mpx, over the limit of {_mpx(max_pixels)} Mpx; "
+                                   f"not decoded{hint}") from None
+            with _PIL_LIMIT:
+                saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+                try:
+                    w, h = _pil_size(path, data)
+                finally:
+                    Image.MAX_IMAGE_PIXELS = saved
+    except DatasetError:
+        raise
+    except Image.UnidentifiedImageError as exc:
+        # PIL names a memory buffer by its object address: say what it means instead
+        reason = _describe(exc) if data is None else "not an image format PIL knows"
+        raise DatasetError(f"{path}: unreadable image ({reason})") from None
     except Exception as exc:
         raise DatasetError(f"{path}: unreadable image ({_describe(exc)})") from None
+    if max_pixels is not None and w * h > max_pixels:
+        raise DatasetError(f"{path}: image of {w}x{h} = {_mpx(w * h)} Mpx, over the limit of {_mpx(max_pixels)} Mpx; "
+                           f"not decoded{hint}")
     return h, w
+
+
+def _pil_size(path: Path, data: bytes | None) -> tuple[int, int]:
+    import io
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is ours to apply
+        with Image.open(path if data is None else io.BytesIO(data)) as im:
+            return im.size
+
+
+def _mpx(pixels: int | None) -> str:
+    return "?" if pixels is None else f"{pixels / 1e6:.1f}".removesuffix(".0")
 
 
 def check_label_values(hist: np.ndarray, classes: ClassSet, path: Path) -> None:

@@ -331,4 +331,11 @@ def merge_parts(directory: str | Path) -> dict:
     if len(counts) > 1:
         raise ShardError(f"{directory}: fragments of runs split differently ({', '.join(f'of-{c}' for c in sorted(counts))}); "
                          "remove the stale ones")
-    return merge_part_manifests(directory, counts.pop())
+    count = counts.pop()
+    manifest = merge_part_manifests(directory, count)
+    # manifest.json now says all they said; copied in from other machines, they are clutter.
+    # The part that finishes last merges without removing them (each part then still has its
+    # own record); verify accepts a fragment whose shards the manifest lists unchanged.
+    for i in range(1, count + 1):
+        (directory / part_manifest_name(i, count)).unlink(missing_ok=True)
+    return manifest

@@ -621,7 +621,11 @@ class ShardReader:
         return {name: record[name] for name in RECORD_FIELDS}
 
     def read(self, i: int) -> Sample:
-        return decode_record(self.read_raw(i))
+        record = self.read_raw(i)
+        problem = size_problem(record)
+        if problem:  # the checksum only says the bytes are as written; these would decode to another size
+            raise CorruptSample(self.path, i, self.key(i), problem)
+        return decode_record(record)
 
     def corrupt_samples(self) -> Iterator[CorruptSample]:
         """Check every sample's checksum (reading its bytes, decoding nothing) and yield one
@@ -644,6 +648,26 @@ class ShardReader:
     def __iter__(self):
         for i in range(self.num_samples):
             yield self.read(i)
+
+
+def size_problem(r: dict) -> str | None:
+    """What is wrong with a record whose encoded image or labels, by their headers, are not the
+    stored ``height`` x ``width`` (or are over the pixel limit), before anything is decoded: a
+    header claiming 30000x30000 would make the decoder allocate gigabytes. None when all agree."""
+    from .readers import MAX_PIXELS, DatasetError, header_size
+
+    want = (int(r["height"]), int(r["width"]))
+    for name in ("image", "label", "phantom_label"):
+        data = np.asarray(r[name], dtype=np.uint8).tobytes()
+        if not data and name == "phantom_label":
+            continue
+        try:
+            got = header_size(Path(name), MAX_PIXELS, data)
+        except DatasetError as exc:
+            return f"{name} header: {str(exc).removeprefix(f'{name}: ')}"
+        if got != want:
+            return f"{name} header says {got[1]}x{got[0]}, the record {want[1]}x{want[0]}"
+    return None
 
 
 def decode_record(r: dict) -> Sample:

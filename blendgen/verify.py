@@ -3,14 +3,20 @@
 Per directory: the manifest's shape and containment (:func:`blendgen.shards.load_manifest`);
 per shard: present, size and SHA-256 as the manifest says, format, schema and
 self-containment, header against the manifest (kind, split, classes, codec, sample count),
-then every sample's checksum; across the directory: sample keys unique. Reading is the cost
+then every sample's checksum; across the directory: sample keys unique, and no file the
+manifest does not account for (an unlisted shard, a writer's temporary, a part manifest it was
+not merged from, a killed writer's lock, anything else). A directory whose writer is still at
+work (it holds a ``.lock-part-I-of-N``) is not checked but said to be busy. Reading is the cost
 (one pass over the bytes for the SHA-256, one for the samples), so shards are checked in
 parallel by ``workers`` processes.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +34,9 @@ _NAMED = 3
 @dataclass(frozen=True)
 class Problem:
     where: str  # the shard file, or the directory for manifest problems
-    check: str  # manifest, missing, size, sha256, format, header, samples, keys
+    # manifest, missing, size, sha256, format, header, samples, keys; files the manifest does
+    # not account for: unlisted (shard), temp, fragment (part manifest), lock (stale), stray
+    check: str
     detail: str
 
 
@@ -46,10 +54,11 @@ class DirResult:
     shards: int = 0
     samples: int = 0
     problems: list[Problem] = field(default_factory=list)
+    busy: str | None = None  # a writer holds the directory's lock: nothing was checked
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and self.busy is None
 
 
 def shard_directories(path: str | Path) -> list[Path]:
@@ -112,9 +121,74 @@ def _check_shard_args(args) -> ShardResult:
     return check_shard(*args)
 
 
+def writer_at_work(directory: Path) -> str | None:
+    """Who holds a part lock of ``directory`` (blendgen.runner's ``.lock-part-I-of-N``), or None.
+    A shared lock is taken and dropped at once: it fails only while a writer holds its own."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: writers take no locks either
+        return None
+    for lock in sorted(directory.glob(".lock-part-*")):
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except OSError:
+            continue  # removed by its finishing holder meanwhile
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            return f"being written (pid {holder} holds {lock.name}); verify it when the writer has finished"
+        finally:
+            os.close(fd)
+    return None
+
+
+_FRAGMENT = re.compile(r"manifest\.part-\d+-of-\d+\.json")
+_TEMPORARY = re.compile(r"\..+\.tmp-.*")
+
+
+def unaccounted_files(directory: Path, manifest: dict) -> list[Problem]:
+    """A problem per file of ``directory`` that its manifest does not account for: it lists the
+    shards; a part manifest is accounted for when the manifest was merged from it (each of its
+    shards listed with the same checksum). Sub-folders are not looked into."""
+    listed = {e["name"]: e for e in manifest["shards"]}
+    problems = []
+    for path in sorted(directory.iterdir()):
+        name = path.name
+        if name == MANIFEST or name in listed or path.is_dir():
+            continue
+        if _FRAGMENT.fullmatch(name):
+            if merged_from(path, listed):
+                continue
+            kind, detail = "fragment", "a part manifest that manifest.json was not merged from (another run's?)"
+        elif name.startswith("shard-") and name.endswith(".h5"):
+            kind, detail = "unlisted", "a shard file the manifest does not list (a copy, or another run's)"
+        elif name.startswith(".lock-part-"):
+            kind, detail = "lock", "the lock of a writer that was killed; its part may be incomplete"
+        elif _TEMPORARY.fullmatch(name):
+            kind, detail = "temp", "a temporary file a killed writer left (never part of the data)"
+        else:
+            kind, detail = "stray", "a file the manifest does not account for"
+        problems.append(Problem(str(path), kind, detail))
+    return problems
+
+
+def merged_from(fragment: Path, listed: dict[str, dict]) -> bool:
+    try:
+        shards = json.loads(fragment.read_text())["shards"]
+        return bool(shards) and all(
+            listed.get(e["name"], {}).get(k) == e[k] for e in shards for k in ("sha256", "bytes", "samples"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
 def verify_directory(path: str | Path, workers: int = 1, progress: bool = True) -> DirResult:
     path = Path(path)
     result = DirResult(path)
+    if path.is_dir() and (busy := writer_at_work(path)):
+        result.busy = busy
+        return result
     try:
         manifest = load_manifest(path)
     except ShardError as exc:
@@ -148,6 +222,7 @@ def verify_directory(path: str | Path, workers: int = 1, progress: bool = True) 
                                                f"sample key {key!r} also in {seen[key]} (keys must be unique)"))
                 break
             seen[key] = r.name
+    result.problems += unaccounted_files(path, manifest)
     return result
 
 
@@ -158,6 +233,9 @@ def verify(paths: list[str | Path], workers: int = 1, progress: bool = True) -> 
 def format_results(results: list[DirResult]) -> str:
     lines = []
     for r in results:
+        if r.busy:
+            lines.append(f"{r.path}: not verified: {r.busy}")
+            continue
         if r.ok:
             lines.append(f"{r.path}: OK ({r.shards} shards, {r.samples} samples; sizes, SHA-256, headers "
                          "and every sample checksum match)")
@@ -172,5 +250,7 @@ def format_results(results: list[DirResult]) -> str:
 def first_problem(result: DirResult) -> ShardError | None:
     if result.ok:
         return None
+    if result.busy:
+        return ShardError(f"{result.path}: {result.busy}")
     p = result.problems[0]
     return ShardError(p.detail if p.check == "manifest" else f"{p.where}: {p.check}: {p.detail}")
