@@ -358,8 +358,10 @@ def pack(out, split, dest, task, root, shard_size, workers, part, jpeg_quality, 
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--head", type=click.Choice(["auto", "t", "ss"]), default="auto", show_default=True,
               help="Output to predict from; auto = S_t after stage 2, S_ss after stage 1.")
+@click.option("--max-pixels", type=click.IntRange(1), default=100_000_000, show_default=True,
+              help="Refuse images with more pixels than this, read from the header before decoding.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def pseudo_label(checkpoint, images, out, device, head, quiet):
+def pseudo_label(checkpoint, images, out, device, head, max_pixels, quiet):
     """Pseudo semantic labels of a folder of images (IJCV Sect. 4.5), for build-clusters --dataset saliency.
 
     Each image becomes OUT/ID.png, written under a temporary name and renamed; a rerun skips
@@ -375,7 +377,8 @@ def pseudo_label(checkpoint, images, out, device, head, quiet):
 
     try:
         done = write_pseudo_labels(PseudoLabelConfig(checkpoint=str(checkpoint), images=str(images), out=str(out),
-                                                     device=device, head=head), progress=not quiet)
+                                                     device=device, head=head, max_pixels=max_pixels),
+                                   progress=not quiet)
     except (ValueError, OSError, CheckpointError) as exc:
         _fail(exc)
     click.echo(f"{done['images']} images: {done['written']} labelled, {done['skipped']} already there -> {done['out']}")
@@ -456,8 +459,10 @@ def verify_(paths, workers, quiet):
     For each DIR (a shard directory, or a folder of them such as `out/`): the manifest's
     shape; every listed shard a plain file of DIR; its size, SHA-256, format, schema, header
     (kind, split, classes, codec, sample count) as the manifest says; no links to other files;
-    every sample's checksum; sample keys unique. Prints OK per directory, or a table of what
-    is wrong, and exits 1 if anything is.
+    every sample's checksum; sample keys unique; no file the manifest does not account for
+    (unlisted shards, temporaries, part manifests it was not merged from). Prints OK per
+    directory, or a table of what is wrong, and exits 1 if anything is; a directory a writer is
+    still filling is said to be busy, unchecked (exit 2 if nothing else is wrong).
 
     \b
     Example:
@@ -467,8 +472,10 @@ def verify_(paths, workers, quiet):
 
     results = verify(list(paths), workers=workers, progress=not quiet)
     click.echo(format_results(results))
-    if not all(r.ok for r in results):
+    if any(r.problems for r in results):
         sys.exit(1)
+    if any(r.busy for r in results):  # not a failure, but nothing to trust yet either
+        sys.exit(2)
 
 
 # ============================================================================================
@@ -871,26 +878,49 @@ def report_(runs, out, page, notes, title, head):
 
 @trainer.command("predict")
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="stage2.pt (or any checkpoint).")
-@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("images", metavar="FILES_OR_FOLDERS...", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for the PNGs.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--head", type=click.Choice(["auto", "t", "ss"]), default="auto", show_default=True,
               help="Output to predict from; auto = S_t after stage 2, S_ss after stage 1.")
-def predict_(checkpoint, images, out, device, head):
+@click.option("--overwrite", is_flag=True, help="Predict again images whose PNG is already in OUT (default: skip them).")
+@click.option("--overlay", is_flag=True, help="Also write OUT/<name>.overlay.jpg: the class colours over the photo.")
+@click.option("--opacity", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
+              help="Opacity of the colours in --overlay.")
+@click.option("--max-pixels", type=click.IntRange(1), default=100_000_000, show_default=True,
+              help="Refuse images with more pixels than this, read from the header before decoding.")
+@click.option("--tile", type=click.IntRange(0), default=1024, show_default=True,
+              help="Images larger than this either way are predicted in TILE x TILE windows (0 = whole).")
+@click.option("--stride", type=click.IntRange(1), default=768, show_default=True,
+              help="Step between windows; overlapping windows' logits are averaged.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def predict_(checkpoint, images, out, device, head, overwrite, overlay, opacity, max_pixels, tile, stride, quiet):
     """Colour-coded prediction PNGs (palette = the checkpoint's classes; pixel values = class ids).
+
+    Each FILE becomes OUT/<stem>.png; each FOLDER is walked recursively (image files, dot files
+    skipped) and OUT mirrors its sub-folders. Two inputs that would write one PNG are refused
+    before any work. A rerun skips what OUT already holds. A file that fails is one line, the
+    others go on, and the exit status is 1 (docs/predict.md).
 
     \b
     Example:
       trainer predict --checkpoint runs/demo/stage2.pt data/demo-voc/JPEGImages/2026_000001.jpg --out preds/
+      trainer predict --checkpoint runs/demo/stage2.pt photos/ --out preds/ --overlay
     """
     from trainer.predict import PredictConfig, predict_images
 
     try:
-        written = predict_images(PredictConfig(checkpoint=str(checkpoint), images=tuple(images), out=str(out),
-                                               device=device, head=head))
+        done = predict_images(PredictConfig(checkpoint=str(checkpoint), images=tuple(images), out=str(out),
+                                            device=device, head=head, overwrite=overwrite, overlay=overlay,
+                                            opacity=opacity, max_pixels=max_pixels, tile=tile, stride=stride),
+                              progress=not quiet)
     except ValueError as exc:
         _fail(exc)
-    click.echo(f"wrote {len(written)} prediction(s) to {out}")
+    skipped = f"; {done['skipped']} already there (--overwrite to redo)" if done["skipped"] else ""
+    click.echo(f"wrote {done['written']} prediction(s) to {out}{skipped}")
+    if done["failed"]:
+        click.echo(f"{len(done['failed'])} of {done['images']} image(s) failed (listed above)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover
