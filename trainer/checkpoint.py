@@ -92,9 +92,18 @@ def load_error(exc: BaseException) -> str:
     text = str(exc)
     if "WeightsUnpickler error:" in text:
         detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()
-        return f"not a PyTorch file of tensors: {detail[0].strip() if detail else 'unreadable'}"[:120]
-    first = (text.strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first}"[:120] if first else type(exc).__name__
+        reason = _first_sentence(detail[0]) if detail else "unreadable"
+        return f"not a PyTorch file of tensors: {reason}; pickled objects are never loaded, they could run code"
+    first = _first_sentence((text.strip().splitlines() or [""])[0])
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _first_sentence(line: str) -> str:
+    """Up to the first full stop, whole: cutting at a character count ended the reason mid-word,
+    and torch's second sentence is the advice to allowlist the file's classes."""
+    line = line.strip()
+    end = line.find(". ")
+    return line[:end] if end > 0 else line.rstrip(".")
 
 
 def check_compatible(ckpt: dict, where: str, *, model_config: dict | None = None,
