@@ -77,3 +77,44 @@ def test_a_run_recorded_with_units_of_32_resumes_with_them(tmp_path):
     # An explicit other layout is still a change the resume refuses.
     with pytest.raises(ValueError, match="unit"):
         check_resumable(TrainConfig(shards="out", name="old", iters1=5, iters2=1, unit=8, resume=True), run_dir)
+
+
+def test_total_time_counts_every_process_of_a_resumed_run(shared_shards, tmp_path):
+    # Issue 23: report.json's total_time_s counted only the last process. A finished run resumed
+    # evaluates again: two processes, each recorded with its share.
+    from click.testing import CliRunner
+
+    from cli import trainer as trainer_cli
+
+    args = ["run", "--shards", str(shared_shards), "--out", str(tmp_path), "--name", "r", "--backbone",
+            "mobilenet_v3_large", "--crop", "32", "--batch-size", "4", "--iters1", "1", "--iters2", "1",
+            "--workers", "0", "--device", "cpu", "--threads", "1", "--quiet"]
+    assert CliRunner().invoke(trainer_cli, args).exit_code == 0
+    first = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert "segments" not in first
+    saved = torch.load(tmp_path / "r" / "last.pt", weights_only=True)["segments"]
+    assert len(saved) == 1 and saved[0]["resumed_at"] is None and 0 < saved[0]["seconds"] <= first["total_time_s"]
+
+    result = CliRunner().invoke(trainer_cli, [*args, "--resume"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    segments = report["segments"]
+    assert [s["resumed_at"] for s in segments] == [None, {"stage": 2, "step": 1, "epoch": 0, "batch": 1}]
+    assert segments[0] == saved[0]
+    assert report["total_time_s"] == pytest.approx(sum(s["seconds"] for s in segments), abs=0.02)
+    assert report["total_time_s"] > segments[1]["seconds"]
+
+
+def test_a_pickled_checkpoint_is_refused_in_whole_words(tmp_path):
+    path = tmp_path / "pickled.pt"
+    torch.save({"format": ckpt_io.FORMAT, "payload": _Pickled()}, path)
+    with pytest.raises(ckpt_io.CheckpointError) as info:
+        ckpt_io.load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not a loadable checkpoint (not a PyTorch file of tensors: Unsupported global")
+    assert message.endswith("was not an allowed global by default; pickled objects are never loaded, they could run code)")
+    assert "\n" not in message and "weights_only" not in message and "add_safe_globals" not in message
+
+
+class _Pickled:
+    """Any class: torch.save pickles it, and a weights-only load must refuse it."""

@@ -82,6 +82,11 @@ class Run:
     model_config: ModelConfig
     amp_dtype: torch.dtype | None
     started: float = field(default_factory=time.perf_counter)
+    # The processes of this run before this one (--resume), as their last checkpoint recorded
+    # them, and where this one took over: report.json's total_time_s counts them all.
+    earlier: list = field(default_factory=list)
+    resumed_at: dict | None = None
+    started_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     def path(self, name: str) -> Path:
         return self.dir / name
@@ -234,6 +239,7 @@ def load_resume(r: Run, model: nn.Module) -> dict:
     model.load_state_dict(ckpt["model"])
     ckpt_io.set_rng_state(ckpt["rng"])  # dropout masks continue where the interrupted run was
     position = ckpt["position"]
+    r.earlier, r.resumed_at = list(ckpt.get("segments", [])), dict(position)  # older checkpoints: none recorded
     if r.dist.is_main:  # a finished last stage is evaluated again: its old final val line goes
         final = ckpt["stage_done"] and last_stage(r.config, position["stage"])
         trim_metrics(r.path("metrics.jsonl"), position["stage"], position["step"], keep_val_at_end=not final)
@@ -523,8 +529,16 @@ def save_checkpoint(r: Run, model: nn.Module, s: Stage, stage_done: bool) -> Non
         ckpt_io.save(r.path("last.pt"), {
             **weights_payload(r, model, s.number), "position": s.position.to_dict(), "stage_done": stage_done,
             "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
-            "scaler": s.scaler.state_dict(), "rng": ckpt_io.rng_state()})
+            "scaler": s.scaler.state_dict(), "rng": ckpt_io.rng_state(), "segments": time_segments(r)})
     barrier(r.dist)  # no rank runs ahead of a checkpoint a resume would start from
+
+
+def time_segments(r: Run) -> list[dict]:
+    """Every process of the run so far: the earlier ones up to the last checkpoint each wrote
+    (the time a killed process spent after it is redone, and counted, by its successor), and
+    this one until now."""
+    now = {"started": r.started_at, "seconds": round(time.perf_counter() - r.started, 2), "resumed_at": r.resumed_at}
+    return [*r.earlier, now]
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -560,7 +574,10 @@ def final_evaluation(r: Run, model: nn.Module, position: Position | None) -> dic
     report = make_report(cms[head], r.classes, split="val", run=str(r.dir), method=c.method, budget=c.budget,
                          stage=stage, head=head,
                          dataset=dataset_identity(shards), samples=shards.num_samples, eval_crop=c.eval_crop,
-                         eval_scale=c.eval_scale, eval_time_s=round(seconds, 2), total_time_s=round(time.perf_counter() - r.started, 2))
+                         eval_scale=c.eval_scale, eval_time_s=round(seconds, 2),
+                         total_time_s=round(sum(seg["seconds"] for seg in time_segments(r)), 2))
+    if r.earlier:  # resumed: each process's share of total_time_s
+        report["segments"] = time_segments(r)
     if len(cms) > 1:  # both of the two-branch network's predictions: S_t (ours) and S_ss (the paper's)
         report["by_head"] = {h: {k: v for k, v in make_report(cm, r.classes).items() if k != "pixels"}
                              for h, cm in cms.items()}
