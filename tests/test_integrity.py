@@ -357,3 +357,66 @@ def test_a_shard_that_breaks_after_opening_stops_loader_workers_in_one_line(shar
     with pytest.raises(ShardError) as info:
         list(make_loader(stream, workers=1, pin_memory=False))
     assert str(info.value).startswith(f"{shard}: not a readable HDF5 file") and "\n" not in str(info.value)
+
+
+# -- issue 23: files the manifest does not account for, a busy directory, encoded headers ----------
+def test_verify_lists_every_file_the_manifest_does_not_account_for(shards):
+    train = shards / "train"
+    shutil.copy(train / "shard-00000.h5", train / "shard-00003.h5")  # a copy: checksums fine, unlisted
+    (train / ".shard-00000.h5.tmp-4242").write_bytes(b"half")
+    fragment = json.loads((train / MANIFEST).read_text())
+    (train / "manifest.part-2-of-2.json").write_text(json.dumps({**fragment, "shards": [
+        {**fragment["shards"][0], "name": "shard-00009.h5"}]}))  # another run's part
+    (train / "notes.txt").write_text("mine")
+    (result,) = verify([train], progress=False)
+    assert [(Path(p.where).name, p.check) for p in result.problems] == [
+        (".shard-00000.h5.tmp-4242", "temp"), ("manifest.part-2-of-2.json", "fragment"), ("notes.txt", "stray"),
+        ("shard-00003.h5", "unlisted")]
+    cli = CliRunner().invoke(blendgen_cli, ["verify", str(train), "--quiet"])
+    assert cli.exit_code == 1 and f"{train}: 4 problem(s)" in cli.output
+    assert any(line.split()[:2] == ["shard-00003.h5", "unlisted"] for line in cli.output.splitlines())
+    # a part manifest the manifest was merged from is accounted for
+    for p in (train / "shard-00003.h5", train / ".shard-00000.h5.tmp-4242", train / "notes.txt"):
+        p.unlink()
+    (train / "manifest.part-2-of-2.json").write_text(json.dumps(fragment))
+    assert all(r.ok for r in verify([train], progress=False))
+
+
+def test_verify_says_a_directory_being_written_is_busy(shards):
+    mixed = shards / "mixed"
+    with exclusive_lock(mixed / lock_name(Part(2, 3)), "test"):
+        (mixed / ".shard-00005.h5.tmp-1").write_bytes(b"in progress")
+        result = CliRunner().invoke(blendgen_cli, ["verify", str(shards), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert (f"{mixed}: not verified: being written (pid {os.getpid()} holds {lock_name(Part(2, 3))}); "
+            "verify it when the writer has finished") in result.output.splitlines()
+    assert f"{shards / 'train'}: OK" in result.output
+    # the writer gone (killed: its lock file stays, unheld), what it left is listed
+    (mixed / lock_name(Part(2, 3))).write_text("123\n")
+    checks = {(Path(p.where).name, p.check) for p in verify([mixed], progress=False)[0].problems}
+    assert checks == {(lock_name(Part(2, 3)), "lock"), (".shard-00005.h5.tmp-1", "temp")}
+
+
+def test_a_sample_whose_encoded_header_disagrees_with_its_size_is_corrupt(tmp_path, shards):
+    from blendgen.shards import ShardHeader, ShardWriter
+
+    source = ShardReader(shards / "train" / "shard-00000.h5")
+    header = ShardHeader(kind="standard", classes=ShardDir.open(shards / "train").classes, split="train",
+                         image_codec="jpeg")
+    good = source.read_raw(0)
+    jpeg = bytearray(cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8))[1].tobytes())
+    sof = jpeg.find(b"\xff\xc0")
+    jpeg[sof + 5:sof + 9] = (30000).to_bytes(2, "big") * 2  # a bomb: 900 Mpx claimed by a few hundred bytes
+    small = cv2.imencode(".jpg", np.zeros((good["height"], good["width"] + 1, 3), np.uint8))[1]
+    path = tmp_path / "shard-00000.h5"
+    with ShardWriter(path, header) as writer:
+        writer.write(good)
+        writer.write({**good, "key": "bomb", "image": np.frombuffer(bytes(jpeg), np.uint8)})
+        writer.write({**good, "key": "wider", "image": small.reshape(-1)})
+    reader = ShardReader(path)
+    reader.read(0)
+    with pytest.raises(CorruptSample, match=r"sample 1 \(key 'bomb'\) is corrupt \(image header: image of 900 Mpx"):
+        reader.read(1)
+    with pytest.raises(CorruptSample, match=rf"sample 2 \(key 'wider'\) is corrupt \(image header says "
+                                            rf"{good['width'] + 1}x{good['height']}, the record {good['width']}x"):
+        reader.read(2)

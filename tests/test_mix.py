@@ -190,6 +190,7 @@ def test_merge_combines_fragments_copied_from_other_machines(out, tmp_path):
     result = CliRunner().invoke(blendgen, ["mix", "--out", str(out), "--dest", str(tmp_path / "machine1"), "--merge"])
     assert result.exit_code == 0, result.output
     assert "manifest.json" in result.output
+    assert not list((tmp_path / "machine1").glob("manifest.part-*"))  # merged: removed (issue 23)
     run_mix(out, tmp_path / "single", shard_size=7)
     assert file_digests(tmp_path / "machine1") == file_digests(tmp_path / "single")
 

@@ -724,3 +724,25 @@ def test_every_layout_but_coco_works_without_pycocotools(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "COCO: reading COCO annotations needs pycocotools (pip install pycocotools)"
+
+
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header(tmp_path):
+    # Issue 23: a JPEG of a few hundred bytes whose header claims 12000x10000 (120 Mpx) or
+    # 30000x30000 (900 Mpx, over PIL's own limit) is refused before any decoding.
+    def bomb(name: str, w: int, h: int) -> Path:
+        data = bytearray(cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8))[1].tobytes())
+        sof = data.find(b"\xff\xc0")
+        data[sof + 5:sof + 7], data[sof + 7:sof + 9] = h.to_bytes(2, "big"), w.to_bytes(2, "big")
+        (tmp_path / name).write_bytes(bytes(data))
+        return tmp_path / name
+
+    big, huge = bomb("big.jpg", 12000, 10000), bomb("huge.jpg", 30000, 30000)
+    for read in (read_rgb, readers.header_size):
+        with pytest.raises(DatasetError, match=rf"^{big}: image of 12000x10000 = 120 Mpx, over the limit of 100 Mpx; "
+                                               "not decoded$"):
+            read(big)
+        with pytest.raises(DatasetError, match=rf"^{huge}: image of 900 Mpx, over the limit of 100 Mpx"):
+            read(huge)
+    assert readers.MAX_PIXELS == 100_000_000
+    assert readers.header_size(big, max_pixels=None) == (10000, 12000)
+    assert readers.header_size(huge, max_pixels=10 ** 9) == (30000, 30000)  # above PIL's refusal, when allowed
