@@ -133,8 +133,8 @@ def test_resume_refuses_other_options_and_missing_runs(finished_run, shared_shar
 def test_nan_loss_stops_the_run_naming_the_step(shared_shards, tmp_path, monkeypatch):
     calls = []
 
-    def poisoned(out, label, phantom, delta, ignore_index):
-        loss, terms = losses.stage1_loss(out, label, phantom, delta, ignore_index)
+    def poisoned(out, label, phantom, delta, ignore_index, weight=None):
+        loss, terms = losses.stage1_loss(out, label, phantom, delta, ignore_index, weight)
         calls.append(1)
         if len(calls) == 3:
             loss, terms = loss * math.nan, {**terms, "loss": math.nan}
