@@ -19,8 +19,8 @@ from PIL import Image
 from blendgen.shards import ShardDir
 from cli import trainer as trainer_cli
 from trainer.config import PRESETS, TrainConfig
-from trainer.evaluate import scaled_forward
-from trainer.model import ModelConfig, build_model
+from trainer.model import ModelConfig, build_model, scaled_forward
+from trainer.transforms import normalize
 
 REPO = Path(__file__).resolve().parents[1]
 CAMVID = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
@@ -122,6 +122,15 @@ def test_pipeline_script_trains_on_train_and_scores_the_held_out_split(camvid_li
                                                  "--out", str(tmp_path / "full")])
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads((tmp_path / "full" / "report.json").read_text())["eval_scale"] == 1.0
+
+    from trainer.predict import Predictor  # predict and the suites run the network at the run's scale too
+
+    predictor = Predictor(str(run_dir / "stage2.pt"), device="cpu")
+    photo = np.array(Image.open(camvid_like / "JPEGImages" / "test_000.jpg"))
+    with torch.inference_mode():
+        x = torch.from_numpy(photo.transpose(2, 0, 1).copy())
+        expected = scaled_forward(predictor.model, normalize(x[None]), 0.5)["t"][0].argmax(0)
+    assert predictor.scale == 0.5 and np.array_equal(predictor(photo), expected.numpy())
 
 
 def test_pipeline_script_refuses_a_missing_split(camvid_like, tmp_path):

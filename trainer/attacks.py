@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .model import prediction
+from .model import prediction, scaled_forward
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, RandomCrop, normalize
 
 FIT_MODES = ("tile", "resize")
@@ -62,8 +62,9 @@ class PixelModel:
     :func:`trainer.transforms.normalize` (which takes uint8 only), so gradients reach the pixels.
     """
 
-    def __init__(self, model: nn.Module, head: str = "t", amp_dtype: torch.dtype | None = None) -> None:
-        self.model, self.head, self.amp_dtype = model, head, amp_dtype
+    def __init__(self, model: nn.Module, head: str = "t", amp_dtype: torch.dtype | None = None,
+                 scale: float = 1.0) -> None:
+        self.model, self.head, self.amp_dtype, self.scale = model, head, amp_dtype, scale
 
     def __call__(self, x: Tensor) -> Tensor:
         x = normalize(x) if x.dtype == torch.uint8 else normalize_pixels(x)
@@ -71,7 +72,7 @@ class PixelModel:
             x = x.contiguous(memory_format=torch.channels_last)
         autocast = torch.autocast(x.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
         with autocast:
-            out = self.model(x)
+            out = scaled_forward(self.model, x, self.scale)  # the run's --eval-scale (differentiable)
         return prediction(out, self.head).float()
 
     def encoder(self, x: Tensor) -> Tensor:
@@ -539,7 +540,7 @@ def generate_uap(config: UapConfig) -> tuple[Path, dict]:
     """``trainer uap``: load the surrogate, build the perturbation, save ``.npy`` + ``.json``."""
     from . import checkpoint as ckpt_io
     from .distributed import resolve_device
-    from .evaluate import eval_head, model_from_checkpoint
+    from .evaluate import checkpoint_eval_scale, eval_head, model_from_checkpoint
 
     device = resolve_device(config.device)
     ckpt = ckpt_io.load(config.checkpoint)
@@ -547,7 +548,7 @@ def generate_uap(config: UapConfig) -> tuple[Path, dict]:
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     head = eval_head(model, ckpt["stage"], config.head)
-    pm = PixelModel(model, head, torch.bfloat16 if device.type == "cuda" else None)
+    pm = PixelModel(model, head, torch.bfloat16 if device.type == "cuda" else None, checkpoint_eval_scale(ckpt, None))
     delta = random_perturbation(config.size, config.eps, config.seed, device)
     meta = {"mode": config.mode, "table6": TABLE6_NAMES.get(config.mode), "checkpoint": config.checkpoint,
             "head": head, "eps": config.eps, "size": config.size, "iters": config.iters, "seed": config.seed,

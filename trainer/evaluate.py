@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -28,7 +27,7 @@ from . import checkpoint as ckpt_io
 from .data import ShardStream, make_loader, take_skipped
 from .distributed import Dist, cleanup, init_distributed, mean_over_ranks
 from .metrics import ConfusionMatrix
-from .model import ModelConfig, build_model, prediction
+from .model import ModelConfig, build_model, prediction, scaled_forward
 from .transforms import eval_transform, normalize, pad_collate
 
 HEADS = ("auto", "t", "ss")
@@ -97,18 +96,6 @@ def evaluate(model: nn.Module, loader, num_classes: int, ignore_index: int, d: D
              amp_dtype: torch.dtype | None = None, progress: bool = False, scale: float = 1.0) -> ConfusionMatrix:
     """Accumulate the confusion matrix of ``head``'s argmax over ``loader``, summed over ranks."""
     return evaluate_heads(model, loader, num_classes, ignore_index, d, (head,), amp_dtype, progress, scale)[head]
-
-
-def scaled_forward(model: nn.Module, x: Tensor, scale: float = 1.0) -> dict[str, Tensor]:
-    """The model's outputs for normalised images ``x`` (B, 3, H, W), the network run at ``scale``
-    times their size (ours, ``--eval-scale``: a model trained on downscaled photos sees them at the
-    size it learned) and every output resized back to (H, W), so labels are scored as stored."""
-    if scale == 1.0:
-        return model(x)
-    h, w = x.shape[-2:]
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))  # as RandomScale rounds in training
-    out = model(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
-    return {k: F.interpolate(v, size=(h, w), mode="bilinear", align_corners=False) for k, v in out.items()}
 
 
 @torch.inference_mode()

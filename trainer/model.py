@@ -189,6 +189,18 @@ class SourceSeparationNet(nn.Module):
         return {name: upsample(s, size) for name, s in logits.items()}  # each (B, K, H, W)
 
 
+def scaled_forward(model: nn.Module, x: Tensor, scale: float = 1.0) -> dict[str, Tensor]:
+    """The model's outputs for normalised images ``x`` (B, 3, H, W), the network run at ``scale``
+    times their size (ours, ``--eval-scale``: a model trained on downscaled photos sees them at the
+    size it learned) and every output resized back to (H, W), so labels are scored as stored."""
+    if scale == 1.0:
+        return model(x)
+    h, w = x.shape[-2:]
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))  # as RandomScale rounds in training
+    out = model(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
+    return {k: F.interpolate(v, size=(h, w), mode="bilinear", align_corners=False) for k, v in out.items()}
+
+
 def upsample(logits: Tensor, size: Sequence[int]) -> Tensor:
     """(B, K, h, w) -> (B, K, H, W), bilinear as DeepLabv3 and torchvision do."""
     return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)

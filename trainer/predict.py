@@ -36,8 +36,8 @@ from blendgen.readers import MAX_PIXELS, header_size
 
 from . import checkpoint as ckpt_io
 from .distributed import resolve_device
-from .evaluate import HEADS, eval_head, model_from_checkpoint
-from .model import prediction
+from .evaluate import HEADS, checkpoint_eval_scale, eval_head, model_from_checkpoint
+from .model import prediction, scaled_forward
 from .transforms import normalize
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -143,11 +143,12 @@ class Predictor:
         self.classes = ClassSet.from_json(ckpt["classes"])
         self.model = model_from_checkpoint(ckpt, self.device).eval()
         self.head = eval_head(self.model, ckpt["stage"], head)
+        self.scale = checkpoint_eval_scale(ckpt, None)  # the size the run evaluated at (--eval-scale)
         self.tile, self.stride = tile, stride
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(3, h, w) uint8 -> (K, h, w) float logits of the chosen head."""
-        return prediction(self.model(normalize(x[None].to(self.device))), self.head)[0]
+        return prediction(scaled_forward(self.model, normalize(x[None].to(self.device)), self.scale), self.head)[0]
 
     @torch.inference_mode()
     def __call__(self, rgb: np.ndarray) -> np.ndarray:

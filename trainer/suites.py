@@ -56,8 +56,8 @@ from . import checkpoint as ckpt_io
 from .attacks import FIT_MODES, PixelModel, apply_universal, fgsm, frozen, load_perturbation, pgd
 from .blur import MODES as BLUR_MODES, SIGMAS, blur
 from .distributed import Dist, cleanup, init_distributed
-from .evaluate import (EvalConfig, PassResult, Subsets, by_head, eval_head, eval_loader, evaluate_heads,
-                       evaluate_pass, make_report, model_from_checkpoint, prediction_heads, report_dir, write_report)
+from .evaluate import (EvalConfig, PassResult, Subsets, by_head, checkpoint_eval_scale, eval_head, eval_loader,
+                       evaluate_heads, evaluate_pass, make_report, model_from_checkpoint, prediction_heads, report_dir, write_report)
 from .metrics import ConfusionMatrix
 from .tables import Table
 
@@ -420,7 +420,8 @@ def suite_context(eval_config: EvalConfig, ckpt: dict, shards: ShardDir, d: Dist
     head = eval_head(model, ckpt["stage"], eval_config.head)
     amp = torch.bfloat16 if d.device.type == "cuda" else None
     loader = eval_loader(shards, eval_config.eval_crop, eval_config.batch_size, eval_config.workers, d)
-    return SuiteContext(PixelModel(model, head, amp), loader, shards.classes, d, eval_config.progress)
+    scale = checkpoint_eval_scale(ckpt, eval_config.eval_scale)
+    return SuiteContext(PixelModel(model, head, amp, scale), loader, shards.classes, d, eval_config.progress)
 
 
 def evaluate_suites(eval_config: EvalConfig, config: SuiteConfig) -> dict:
@@ -465,7 +466,7 @@ def overall_by_head(ctx: SuiteContext, classes: ClassSet) -> dict | None:
     if len(prediction_heads(model)) < 2:
         return None
     cms = evaluate_heads(model, ctx.loader, classes.num_classes, classes.ignore_index, ctx.dist,
-                         prediction_heads(model), ctx.predict.amp_dtype, ctx.progress)
+                         prediction_heads(model), ctx.predict.amp_dtype, ctx.progress, ctx.predict.scale)
     return by_head(cms, classes)
 
 
