@@ -613,6 +613,12 @@ def _train_errors():
               help="Autocast: auto = bf16 on CUDA, none (fp32) on CPU; fp16 adds a grad scaler.  [default: auto]")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU threads of the training process. Default: torch's (all cores).")
+@click.option("--sync-bn/--no-sync-bn", default=None,
+              help="Under torchrun on CUDA, BatchNorm statistics over the global batch (SyncBatchNorm); no "
+                   "effect in one process or on CPU ranks.  [default: on]")
+@click.option("--compile", is_flag=True, default=None,
+              help="torch.compile the model for training and validation (docs/trainer.md: its compile time "
+                   "and step time measured). Default: eager.")
 @click.option("--eval-crop", type=click.IntRange(16), default=None,
               help="Evaluate on centre crops of this size (IJCV: 513). Default: full images (BMVC).")
 @click.option("--eval-scale", type=click.FloatRange(0, 4, min_open=True), default=None,
@@ -630,7 +636,8 @@ def run_(shards, preset, no_ssh, no_denoise, resume, quiet, **options):
     """Stage 1 on SHARDS/mixed, stage 2 on SHARDS/train, evaluation on SHARDS/val.
 
     That is SourceSep-CC; --method picks another of the papers' methods (docs/methods.md).
-    Writes runs/NAME/: config.json, metrics.jsonl, stage1.pt, stage2.pt, last.pt, report.json,
+    Writes runs/NAME/: config.json, metrics.jsonl (also as TensorBoard event files: tensorboard
+    --logdir runs/), stage1.pt, stage2.pt, last.pt, best.pt (the best val mIoU), report.json,
     report.md. Under torchrun every process trains on its share (DDP; only rank 0 writes).
 
     \b
@@ -672,7 +679,8 @@ def run_(shards, preset, no_ssh, no_denoise, resume, quiet, **options):
 
 
 @trainer.command("eval")
-@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="stage1.pt, stage2.pt or last.pt.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True,
+              help="stage1.pt, stage2.pt, best.pt or last.pt.")
 @click.option("--shards", type=click.Path(path_type=Path), required=True, help="blendgen output root.")
 @click.option("--split", default="val", show_default=True, help="Shard directory under --shards to evaluate.")
 @click.option("--eval-crop", type=click.IntRange(16), default=None,

@@ -20,6 +20,10 @@ limit keeps what it measured), its output in ``OUT/device_check.log``:
 5. ``eval``: clean and PGD-10 evaluation in images/s, through the suites' code path.
 6. ``compile``: step 3's largest setting again under ``torch.compile`` (last: it is the slowest
    to start).
+7. ``compile_trainer``: ``trainer run --compile``'s way (``nn.Module.compile``, in place) against
+   eager, side by side with its compile time (bench/bench_compile.py, ResNet-101 at 513, batch 8).
+8. ``sync_bn``: SyncBatchNorm under DDP with two processes (bench/syncbn_check.py; one GPU: both
+   ranks on it over gloo), and with two GPUs also a short ``torchrun`` of ``trainer run``.
 
 Targets it reports against (issue "The GPU path, proven"): GPU busy >= 90% of the training run,
 data wait < 2% of a step, SourceSep step <= 1.3x DeepLabv3 on ResNet-101, >= 35% of bf16 peak at
@@ -33,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -255,6 +260,38 @@ def compile_step(c: Check) -> dict:
     return time_models(c, *setting, compiled=True)
 
 
+# -- 7. trainer run --compile against eager -------------------------------------------------------
+def compile_trainer(c: Check) -> dict:
+    if c.tiny:
+        return {"skipped": "not in --tiny (compiling on the CPU needs minutes)"}
+    out = c.out / "bench_compile.json"
+    c.run([sys.executable, "bench/bench_compile.py", "--device", "cuda", "--backbone", "resnet101", "--crop", "513",
+           "--batch-size", "8", "--warmup", "3", "--steps", "10", "--out", str(out)], timeout=900)
+    return json.loads(out.read_text())
+
+
+# -- 8. SyncBatchNorm over two processes ------------------------------------------------------------
+def sync_bn(c: Check) -> dict:
+    if not c.cuda:
+        return {"skipped": "this torch's SyncBatchNorm runs on CUDA only"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    out = c.out / "syncbn_check.json"
+    c.run([*torchrun, "bench/syncbn_check.py", "--out", str(out)], timeout=300)
+    result = {"check": json.loads(out.read_text())}
+    if torch.cuda.device_count() >= 2:  # NCCL puts one rank on each GPU
+        runs = c.out / "runs"
+        text = c.run([*torchrun, "-m", "trainer", "run", "--shards", str(c.out / "shards"), "--out", str(runs),
+                      "--name", "syncbn", "--workers", "2", "--eval-every", "0", "--quiet", "--device", "cuda",
+                      "--backbone", "resnet18", "--crop", "128", "--batch-size", "2", "--iters1", "10", "--iters2",
+                      "4", "--log-every", "2"], timeout=400)
+        digests = set(re.findall(r"final weights sha256 (\w+)", text))
+        result["trainer_run"] = {"ranks_agree": len(digests) == 1,
+                                 "val_miou": json.loads((runs / "syncbn" / "report.json").read_text())["miou"]}
+    else:
+        result["trainer_run"] = {"skipped": "one GPU: trainer run uses NCCL, one rank per GPU"}
+    return result
+
+
 # -- 4. a real training run -----------------------------------------------------------------------
 class GpuSampler:
     """nvidia-smi's utilisation every 0.5 s in a background thread: [(time, percent)]."""
@@ -347,7 +384,8 @@ def main() -> int:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     c = Check(args.out, device, args.tiny, workers)
     for name, fn in (("cuda_tests", cuda_tests), ("data", make_data), ("step_time", step_time),
-                     ("train_run", train_run), ("eval", eval_speed), ("compile", compile_step)):
+                     ("train_run", train_run), ("eval", eval_speed), ("compile", compile_step),
+                     ("compile_trainer", compile_trainer), ("sync_bn", sync_bn)):
         c.step(name, fn)
     c.log(f"device_check: {len(c.failed)} failed step(s) {c.failed}; figures in {args.out / 'device_check.json'}")
     return 1 if c.failed else 0

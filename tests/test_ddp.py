@@ -29,8 +29,13 @@ def test_two_processes_agree_and_only_rank_zero_writes(shared_shards, tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     digests = dict(re.findall(r"\[rank (\d)\] final weights sha256 (\w+)", done.stdout))
     assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
-    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == [
-        "config.json", "curves.png", "last.pt", "metrics.jsonl", "report.json", "report.md", "stage1.pt", "stage2.pt"]
+    names = sorted(p.name for p in (tmp_path / "ddp").iterdir())
+    assert [n for n in names if not n.startswith("events.out.tfevents.")] == [
+        "best.pt", "config.json", "curves.png", "last.pt", "metrics.jsonl", "report.json", "report.md", "stage1.pt",
+        "stage2.pt"]
+    assert len(names) == 10  # one TensorBoard event file, from rank 0
+    # This torch's SyncBatchNorm runs on CUDA only (bench/device_check.py checks it on a GPU): CPU ranks say so once.
+    assert done.stderr.count("sync_bn: this torch's SyncBatchNorm runs on CUDA only") == 1
     lines = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [(m["stage"], m["step"], "val_miou" in m) for m in lines] == [(1, 1, False), (1, 2, False), (1, 2, True),
                                                                           (2, 1, False), (2, 1, True)]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ["cuda_tests", "data", "step_time", "train_run", "eval", "compile"]
+STEPS = ["cuda_tests", "data", "step_time", "train_run", "eval", "compile", "compile_trainer", "sync_bn"]
 
 
 def test_cpu_rehearsal_runs_every_step_and_records_its_figures(tmp_path):
@@ -32,6 +32,7 @@ def test_cpu_rehearsal_runs_every_step_and_records_its_figures(tmp_path):
     assert {s["output_stride"] for s in steps["step_time"]["settings"]} == {8, 16}
     assert 0 <= steps["train_run"]["data_wait_fraction"] < 1 and steps["train_run"]["stage1_step_s"] > 0
     assert steps["eval"]["clean_images_per_s"] > steps["eval"]["pgd2_images_per_s"] > 0
+    assert "skipped" in steps["compile_trainer"] and "CUDA only" in steps["sync_bn"]["skipped"]
     assert (tmp_path / "device_check.log").read_text().count("== ") >= 2 * len(STEPS)
 
 

@@ -118,3 +118,48 @@ def test_a_pickled_checkpoint_is_refused_in_whole_words(tmp_path):
 
 class _Pickled:
     """Any class: torch.save pickles it, and a weights-only load must refuse it."""
+
+
+def test_a_resumed_run_keeps_its_best_checkpoint_and_writes_each_event_once(shared_shards, tmp_path):
+    # Issue 21: validations every 2 steps, last.pt every 2; the run is killed after it logged
+    # step 3, i.e. after its events passed the checkpoint it resumes from.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    extra = ("--eval-every", "2", "--checkpoint-every", "2")
+    reference = subprocess.run(command(shared_shards, tmp_path, "reference", *extra), capture_output=True, text=True,
+                               env=ENV)
+    assert reference.returncode == 0, reference.stderr
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    victim = subprocess.Popen(command(shared_shards, tmp_path, "killed", *extra), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env=ENV)
+    while victim.poll() is None and not (metrics.exists() and any(
+            json.loads(line)["step"] >= 3 for line in metrics.read_text().splitlines() if line.endswith("}"))):
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = ckpt_io.load(tmp_path / "killed" / "last.pt")["position"]
+    assert (1, 2) <= (killed_at["stage"], killed_at["step"]) < (2, 1)
+    assert torch.load(tmp_path / "killed" / "best.pt", weights_only=True)["best"]["step"] >= 2
+
+    resumed = subprocess.run(command(shared_shards, tmp_path, "killed", "--resume", *extra), capture_output=True,
+                             text=True, env=ENV)
+    assert resumed.returncode == 0, resumed.stderr
+
+    def events(name: str) -> dict:
+        acc = EventAccumulator(str(tmp_path / name))
+        acc.Reload()
+        return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+    want, got = events("reference"), events("killed")
+    assert set(got) == set(want) and "val/miou" in got
+    for tag in want:
+        assert [s for s, _ in got[tag]] == [s for s, _ in want[tag]], tag  # each step once
+    assert [s for s, _ in got["train/loss"]] == [1, 2, 3, 4, 5, 6] and [s for s, _ in got["val/miou"]] == [2, 4, 5, 6]
+    assert got["train/loss"] == want["train/loss"]  # the same losses, bitwise
+    best_want = torch.load(tmp_path / "reference" / "best.pt", weights_only=True)
+    best_got = torch.load(tmp_path / "killed" / "best.pt", weights_only=True)
+    assert best_got["best"] == best_want["best"]
+    for key, tensor in best_want["model"].items():
+        assert torch.equal(best_got["model"][key], tensor), key
+    report = lambda name: json.loads((tmp_path / name / "report.json").read_text())["best"]  # noqa: E731
+    assert report("killed") == report("reference") == {"checkpoint": "best.pt", **best_want["best"]}

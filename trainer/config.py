@@ -165,6 +165,10 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None  # CPU threads for torch in the training process; None = torch's default
     amp: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    # BatchNorm -> SyncBatchNorm under torchrun on CUDA (statistics over the global batch, as
+    # torchvision's and mmseg's recipes do); no effect in a single process or on CPU ranks
+    sync_bn: bool = True
+    compile: bool = False  # torch.compile the model (training and validation); ours, off by default
     log_every: int = 10  # optimizer steps between metrics.jsonl lines
     checkpoint_every: int = 100  # optimizer steps between last.pt saves (and at each stage end)
     progress: bool = True
@@ -314,7 +318,7 @@ class TrainConfig:
 
 
 # Fields a resumed run may change without changing what it computes.
-RESUMABLE_CHANGES = ("progress", "resume", "out", "name", "threads")
+RESUMABLE_CHANGES = ("progress", "resume", "out", "name", "threads", "compile")
 
 
 def _check(ok: bool, name: str, message: str) -> None:

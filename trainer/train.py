@@ -13,8 +13,8 @@ mixing and loss, and the baselines have a single head and one stage (:mod:`train
    + log Σ ReLU(S_p); F_ss frozen. Fresh optimizer and schedule, lr2.
 3. Evaluation on ``out/val``: mIoU of S_t (S_ss if stage 2 was skipped, ``--no-denoise``).
 
-Everything lands in ``runs/NAME/``: config.json, metrics.jsonl, stage1.pt, stage2.pt, last.pt,
-report.json, report.md. ``last.pt`` is rewritten every ``checkpoint_every`` optimizer steps and
+Everything lands in ``runs/NAME/``: config.json, metrics.jsonl (and the same scalars as
+TensorBoard event files), stage1.pt, stage2.pt, last.pt, best.pt, report.json, report.md. ``last.pt`` is rewritten every ``checkpoint_every`` optimizer steps and
 at each stage's end; ``--resume`` continues from it at the same optimizer step, data batch and
 RNG state, so on CPU the resumed run ends with the same weights as an uninterrupted one.
 """
@@ -22,8 +22,11 @@ RNG state, so on CPU the resumed run ends with the same weights as an uninterrup
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
+import os
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -87,6 +90,9 @@ class Run:
     earlier: list = field(default_factory=list)
     resumed_at: dict | None = None
     started_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    events: object | None = None  # rank 0's TensorBoard SummaryWriter (open_events); None = none written
+    offsets: dict = field(default_factory=lambda: {1: 0, 2: 0})  # optimizer steps before each stage
+    best: dict | None = None  # the best validation so far (best.pt): stage, step, head, miou
 
     def path(self, name: str) -> Path:
         return self.dir / name
@@ -95,6 +101,7 @@ class Run:
         if self.dist.is_main:
             with open(self.path("metrics.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
+            write_events(self, record)
 
     def say(self, message: str) -> None:
         if self.dist.is_main:
@@ -108,12 +115,19 @@ def run(config: TrainConfig) -> dict:
     threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
+    r = None
     try:
         take_skipped()  # --on-corrupt skip counts what this run leaves out
+        if config.compile:  # refused before the run writes anything
+            check_compilable(d.device)
         r = start_run(config, d)
         torch.manual_seed(config.seed)  # the same initial weights on every rank and every rerun
         model = prepare_model(r)
+        if config.compile:
+            compile_model(model)
         resume = load_resume(r, model) if config.resume else None
+        r.offsets = {1: 0, 2: stage_steps(r, 1)}
+        open_events(r, rebuild=resume is not None)
         position = Position(**resume["position"]) if resume else None
         for stage in (1, 2):
             kind, length = config.stage_budget(stage)
@@ -123,7 +137,14 @@ def run(config: TrainConfig) -> dict:
             position = train_stage(r, model, stage, start)
         print(f"[rank {d.rank}] final weights sha256 {weights_digest(model)}", flush=True)
         return final_evaluation(r, model, position)
+    except Exception as exc:
+        reason = compile_failure(exc) if config.compile else None
+        if reason is None:
+            raise
+        raise ValueError(f"compile: torch.compile failed on this machine ({reason}); run without --compile") from None
     finally:
+        if r is not None and r.events is not None:
+            r.events.close()
         torch.set_num_threads(threads)
         cleanup()
 
@@ -169,9 +190,12 @@ def check_resumable(config: TrainConfig, run_dir: Path) -> TrainConfig:
     the config to resume with (:data:`ORDER_FIELDS` left at their defaults come from the run)."""
     if not (run_dir / "last.pt").is_file():
         raise ValueError(f"resume: {run_dir / 'last.pt'} not found; nothing to resume")
-    saved = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    recorded = json.loads((run_dir / "config.json").read_text())
+    recorded.setdefault("sync_bn", False)  # runs from before the option kept per-process BatchNorm
+    saved = TrainConfig.from_dict(recorded)
     fields = TrainConfig.__dataclass_fields__
-    config = config.replace(**{k: getattr(saved, k) for k in ORDER_FIELDS if getattr(config, k) == fields[k].default})
+    config = config.replace(**{k: getattr(saved, k) for k in (*ORDER_FIELDS, "sync_bn")
+                               if getattr(config, k) == fields[k].default})
     changed = [f"{k} (was {v!r}, now {getattr(config, k)!r})" for k, v in saved.to_dict().items()
                if k not in RESUMABLE_CHANGES and config.to_dict()[k] != v]
     if changed:
@@ -211,7 +235,64 @@ def prepare_model(r: Run) -> nn.Module:
     model = model.to(r.dist.device)
     if r.dist.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)  # NHWC: the tensor-core convolution layout
-    return model
+    if r.config.sync_bn and r.dist.distributed and r.dist.device.type != "cuda":
+        r.say("sync_bn: this torch's SyncBatchNorm runs on CUDA only; CPU ranks keep per-process BatchNorm")
+    converted = sync_batchnorm(model, r.config.sync_bn, r.dist)
+    synced = sum(isinstance(m, nn.SyncBatchNorm) for m in converted.modules())
+    if synced:
+        r.say(f"sync_bn: {synced} BatchNorm layers synchronised over {r.dist.world_size} processes")
+    return converted
+
+
+def sync_batchnorm(model: nn.Module, enabled: bool, d: Dist) -> nn.Module:
+    """``sync_bn``: every BatchNorm of the model becomes a SyncBatchNorm when the run has several
+    CUDA processes, so that the statistics come from the global batch (8 images over 8 GPUs
+    would give each BatchNorm one). Done once, before either stage's DDP wraps the model; the
+    parameter and buffer names stay those of BatchNorm, so checkpoints load into a plain model.
+    A single process keeps its BatchNorm untouched (bit-identical to a run without the option);
+    CPU ranks too, as torch's SyncBatchNorm refuses CPU tensors in training."""
+    if not (enabled and d.distributed and d.device.type == "cuda"):
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def compile_model(model: nn.Module) -> None:
+    """``--compile``: torch.compile the model's forward in place (``nn.Module.compile``), so that
+    DDP, the validation and the checkpoints all see the one module and its state dict keeps its
+    names (torch.compile's wrapper would prefix every key with ``_orig_mod.``). Compilation
+    happens at the first step; a failure there becomes one line in ``run`` (compile_failure)."""
+    model.compile()
+
+
+def check_compilable(device: torch.device) -> None:
+    """Refuse --compile in one line where torch.compile cannot work: the Python version, and the
+    compiler the inductor backend needs (a C++ compiler on the CPU, triton on CUDA)."""
+    from torch._dynamo.eval_frame import check_if_dynamo_supported
+
+    problem = None
+    try:
+        check_if_dynamo_supported()
+    except RuntimeError as exc:
+        problem = str(exc).strip().splitlines()[0]
+    if problem is None and device.type == "cpu":
+        cxx = os.environ.get("CXX", "g++")  # what inductor's CPU backend calls (torch._inductor.config.cpp.cxx)
+        if shutil.which(cxx) is None:
+            problem = f"inductor's CPU backend compiles C++, and no {cxx!r} is on PATH (install g++ or set CXX)"
+    elif problem is None and device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        problem = "inductor's CUDA backend needs the triton package, which is not installed"
+    if problem is not None:
+        raise ValueError(f"compile: {problem}; run without --compile")
+
+
+def compile_failure(exc: BaseException) -> str | None:
+    """A short reason when ``exc`` (or what caused it) came from dynamo or inductor, else None."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if type(seen).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            lines = [line.strip() for line in str(seen).splitlines() if line.strip()]
+            return " ".join(lines[:2])[:300] or type(seen).__name__
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def check_init(path: str, model_config: ModelConfig) -> None:
@@ -239,12 +320,52 @@ def load_resume(r: Run, model: nn.Module) -> dict:
     model.load_state_dict(ckpt["model"])
     ckpt_io.set_rng_state(ckpt["rng"])  # dropout masks continue where the interrupted run was
     position = ckpt["position"]
+    r.best = reconcile_best(r, ckpt)
     r.earlier, r.resumed_at = list(ckpt.get("segments", [])), dict(position)  # older checkpoints: none recorded
     if r.dist.is_main:  # a finished last stage is evaluated again: its old final val line goes
         final = ckpt["stage_done"] and last_stage(r.config, position["stage"])
         trim_metrics(r.path("metrics.jsonl"), position["stage"], position["step"], keep_val_at_end=not final)
     r.say(f"resuming {r.dir} at stage {position['stage']} step {position['step']}")
     return ckpt
+
+
+def reconcile_best(r: Run, ckpt: dict) -> dict | None:
+    """The best validation so far of a resumed run, with best.pt made to hold its weights.
+
+    A validation that improves writes last.pt (recording it) before best.pt, so a kill between
+    the two leaves last.pt with both the record and the weights: best.pt is rewritten from it.
+    The final evaluation writes best.pt after last.pt's last save, when the weights no longer
+    change: a best.pt at a finished run's own position is that, and is kept."""
+    best = ckpt.get("best")  # checkpoints of older runs record none
+    path = r.path("best.pt")
+    held = ckpt_io.load(path).get("best") if path.is_file() else None
+    if held == best:
+        return best
+    at = (ckpt["position"]["stage"], ckpt["position"]["step"])
+    if best is not None and (best["stage"], best["step"]) == at:
+        if r.dist.is_main:
+            ckpt_io.save(path, {**{k: ckpt[k] for k in ("config", "model_config", "classes", "stage", "model")},
+                                "best": best})
+        return best
+    if held is not None and (held["stage"], held["step"]) == at and ckpt["stage_done"]:
+        return held
+    return best
+
+
+def note_best(r: Run, record: dict) -> bool:
+    """Whether a validation line beats every earlier one of the run (``val_miou``: the head the
+    run predicts with at that point; the first of equals stays); ``r.best`` follows."""
+    miou = record["val_miou"]
+    if miou != miou or (r.best is not None and miou <= r.best["miou"]):  # NaN: nothing was scored
+        return False
+    r.best = {"stage": record["stage"], "step": record["step"], "head": record["val_head"], "miou": miou}
+    return True
+
+
+def save_best(r: Run, model: nn.Module, stage: int) -> None:
+    """best.pt: the weights of ``r.best``, a checkpoint like stageN.pt (``trainer eval`` takes it)."""
+    if r.dist.is_main:
+        ckpt_io.save(r.path("best.pt"), {**weights_payload(r, model, stage), "best": r.best})
 
 
 def finished_before(resume: dict, stage: int) -> bool:
@@ -301,11 +422,14 @@ def train_stage(r: Run, model: nn.Module, stage: int, start: dict | None) -> Pos
             s.position.epoch, s.position.batch = s.position.epoch + 1, 0
     bar.close()
     sync_buffers(model, r.dist)
+    improved = False
     if c.eval_every != 0 and not last_stage(c, stage):  # the last stage's end is the final evaluation
-        validate(r, s)
+        improved = validate(r, s)
     if r.dist.is_main:  # before last.pt says the stage is done, so a kill between them loses nothing
         ckpt_io.save(r.path(f"stage{stage}.pt"), weights_payload(r, model, stage))
     save_checkpoint(r, model, s, stage_done=True)
+    if improved:  # after last.pt, which records it (reconcile_best)
+        save_best(r, model, stage)
     return s.position
 
 
@@ -321,8 +445,7 @@ def make_stage(r: Run, model: nn.Module, stage: int, batches_per_epoch: int, sta
     """Optimizer (SGD), poly schedule and scaler for a stage, restored from ``start`` if resuming."""
     c = r.config
     configure_stage(model, stage)  # stage 2 freezes F_ss (before DDP sees which parameters train)
-    kind, length = c.stage_budget(stage)
-    total = length if kind == "iters" else max(1, length * batches_per_epoch // c.accum)
+    total = total_steps(c, stage, batches_per_epoch)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(c, params, stage)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, total=total, warmup=c.warmup,
@@ -340,6 +463,21 @@ def make_stage(r: Run, model: nn.Module, stage: int, batches_per_epoch: int, sta
         wrapped = DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
     loss = criterion(c.method, stage, c.ppa_eps, c.ppa_weight, class_weight(r))
     return Stage(stage, wrapped, loss, mix, optimizer, scheduler, scaler, total, position)
+
+
+def total_steps(c: TrainConfig, stage: int, batches_per_epoch: int) -> int:
+    kind, length = c.stage_budget(stage)
+    return length if kind == "iters" else max(1, length * batches_per_epoch // c.accum)
+
+
+def stage_steps(r: Run, stage: int) -> int:
+    """A stage's optimizer steps (0 when skipped): the event files number stage 2's steps after
+    stage 1's, also in a process resumed in stage 2."""
+    c = r.config
+    kind, length = c.stage_budget(stage)
+    if length == 0 or kind == "iters":
+        return length
+    return total_steps(c, stage, len(train_dataset(r, ShardDir.open(stage_dir(c, stage)))))
 
 
 def class_weight(r: Run) -> Tensor | None:
@@ -409,23 +547,28 @@ def train_one_epoch(r: Run, s: Stage, loader, bar: tqdm) -> None:
             if s.position.step % c.log_every == 0 or s.position.step == s.total_steps:
                 r.log(meter.record(s, d))
                 meter = Meter()
+            saved = False
             if c.eval_every and s.position.step % c.eval_every == 0 and s.position.step < s.total_steps:
-                validate(r, s)
+                if validate(r, s):  # a new best: last.pt records it first (reconcile_best), then best.pt
+                    save_checkpoint(r, s.model, s, stage_done=False)
+                    save_best(r, s.model, s.number)
+                    saved = True
                 s.model.train()
-            if s.position.step % c.checkpoint_every == 0 and s.position.step < s.total_steps:
+            if s.position.step % c.checkpoint_every == 0 and s.position.step < s.total_steps and not saved:
                 save_checkpoint(r, s.model, s, stage_done=False)
             if s.position.step == s.total_steps:
                 return
         tick = time.perf_counter()
 
 
-def validate(r: Run, s: Stage) -> None:
+def validate(r: Run, s: Stage) -> bool:
     """mIoU on val/ of every head the model has, logged as one metrics.jsonl line, and curves.png
-    redrawn. Touches no RNG the training draws from (the loader has its own generator) and no
-    weight or BN statistic (eval mode), so a run validates without changing what it learns."""
+    redrawn; True when it is the run's best so far (the caller writes best.pt). Touches no RNG
+    the training draws from (the loader has its own generator) and no weight or BN statistic
+    (eval mode), so a run validates without changing what it learns."""
     model = _unwrap(s.model)
     cms, seconds, _ = evaluate_val(r, model)
-    log_validation(r, s.position, cms, eval_head(model, s.number), seconds)
+    return note_best(r, log_validation(r, s.position, cms, eval_head(model, s.number), seconds))
 
 
 def evaluate_val(r: Run, model: nn.Module, progress: bool = False) -> tuple[dict, float, ShardDir]:
@@ -439,7 +582,7 @@ def evaluate_val(r: Run, model: nn.Module, progress: bool = False) -> tuple[dict
     return cms, time.perf_counter() - start, shards
 
 
-def log_validation(r: Run, position: Position, cms: dict, head: str, seconds: float) -> None:
+def log_validation(r: Run, position: Position, cms: dict, head: str, seconds: float) -> dict:
     """One metrics.jsonl line of val mIoU per head (``val_miou``: the head the run predicts with
     at this point), a line on the console, and curves.png redrawn."""
     scores = {h: cm.compute() for h, cm in cms.items()}
@@ -452,6 +595,49 @@ def log_validation(r: Run, position: Position, cms: dict, head: str, seconds: fl
     r.say(f"stage {position.stage} step {position.step}: val mIoU {100 * record['val_miou']:.1f} (head {head})")
     if r.dist.is_main:
         draw_curves(r.path("metrics.jsonl"), r.path("curves.png"), title=r.dir.name)
+    return record
+
+
+# Fields of a metrics.jsonl line that are not scalars to plot: where and when it was logged.
+NOT_SCALARS = ("stage", "step", "epoch", "time")
+
+
+def open_events(r: Run, rebuild: bool) -> None:
+    """TensorBoard event files beside metrics.jsonl (rank 0): the same scalars, ``train/KEY`` and
+    ``val/KEY``, at the run's global optimizer step (stage 2's steps follow stage 1's). A resumed
+    run rebuilds them from metrics.jsonl, which load_resume has cut back to the checkpoint, so
+    what the killed process logged after it goes and no step is written twice."""
+    if not r.dist.is_main:
+        return
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # a dependency; an environment without it loses only the event files
+        r.say("tensorboard is not installed: no event files (pip install tensorboard); metrics.jsonl has the scalars")
+        return
+    if rebuild:
+        for old in r.dir.glob("events.out.tfevents.*"):
+            old.unlink()
+    # purge_step 0: a TensorBoard that had read the removed files drops what it held from them
+    r.events = SummaryWriter(str(r.dir), purge_step=0 if rebuild else None)
+    if rebuild and r.path("metrics.jsonl").exists():
+        for line in r.path("metrics.jsonl").read_text().splitlines():
+            if line:
+                write_events(r, json.loads(line), flush=False)
+        r.events.flush()
+
+
+def write_events(r: Run, record: dict, flush: bool = True) -> None:
+    """One metrics.jsonl line as TensorBoard scalars (flushed: a killed run keeps what it logged)."""
+    if r.events is None:
+        return
+    step = r.offsets.get(record["stage"], 0) + record["step"]
+    for key, value in record.items():
+        if key in NOT_SCALARS or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        tag = f"val/{key[4:]}" if key.startswith("val_") else f"train/{key}"
+        r.events.add_scalar(tag, value, step, walltime=record.get("time"))
+    if flush:
+        r.events.flush()
 
 
 def model_heads(model: nn.Module) -> tuple[str, ...]:
@@ -529,7 +715,8 @@ def save_checkpoint(r: Run, model: nn.Module, s: Stage, stage_done: bool) -> Non
         ckpt_io.save(r.path("last.pt"), {
             **weights_payload(r, model, s.number), "position": s.position.to_dict(), "stage_done": stage_done,
             "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
-            "scaler": s.scaler.state_dict(), "rng": ckpt_io.rng_state(), "segments": time_segments(r)})
+            "scaler": s.scaler.state_dict(), "rng": ckpt_io.rng_state(), "segments": time_segments(r),
+            "best": r.best})
     barrier(r.dist)  # no rank runs ahead of a checkpoint a resume would start from
 
 
@@ -569,13 +756,16 @@ def final_evaluation(r: Run, model: nn.Module, position: Position | None) -> dic
     stage = 2 if c.stage_budget(2)[1] > 0 else 1
     head = eval_head(model, stage)
     cms, seconds, shards = evaluate_val(r, model, c.progress)
-    if position is not None:
-        log_validation(r, position, cms, head, seconds)
+    if position is not None:  # a new best here: the weights of last.pt's last save (reconcile_best)
+        if note_best(r, log_validation(r, position, cms, head, seconds)):
+            save_best(r, model, stage)
     report = make_report(cms[head], r.classes, split="val", run=str(r.dir), method=c.method, budget=c.budget,
                          stage=stage, head=head,
                          dataset=dataset_identity(shards), samples=shards.num_samples, eval_crop=c.eval_crop,
                          eval_scale=c.eval_scale, eval_time_s=round(seconds, 2),
                          total_time_s=round(sum(seg["seconds"] for seg in time_segments(r)), 2))
+    if r.best is not None:  # the best validation of the run: best.pt's weights
+        report["best"] = {"checkpoint": "best.pt", **r.best}
     if r.earlier:  # resumed: each process's share of total_time_s
         report["segments"] = time_segments(r)
     if len(cms) > 1:  # both of the two-branch network's predictions: S_t (ours) and S_ss (the paper's)
