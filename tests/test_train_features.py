@@ -176,3 +176,30 @@ def test_compile_failure_and_missing_compiler_are_one_line(shared_shards, tmp_pa
                                          r"'no-such-compiler\+\+' is on PATH"):
         run(config.replace(name="nocxx"))
     assert not (tmp_path / "nocxx").exists()  # refused before anything was written
+
+
+def test_resume_repairs_a_best_checkpoint_a_kill_left_behind(tmp_path):
+    # last.pt is written before best.pt when a validation improves: a kill between the two
+    # leaves last.pt with the new record and its weights, and best.pt with the old ones.
+    from types import SimpleNamespace
+
+    from trainer import checkpoint as ckpt_io
+    from trainer.train import reconcile_best
+
+    r = SimpleNamespace(path=lambda name: tmp_path / name, dist=Dist(0, 1, 0, torch.device("cpu")))
+    meta = {"config": {}, "model_config": {}, "classes": {"names": ["a"]}}
+    old = {"stage": 1, "step": 2, "head": "ss", "miou": 0.25}
+    new = {"stage": 1, "step": 4, "head": "ss", "miou": 0.5}
+    ckpt_io.save(tmp_path / "best.pt", {**meta, "stage": 1, "model": {"w": torch.zeros(2)}, "best": old})
+    last = {**meta, "stage": 1, "model": {"w": torch.ones(2)}, "best": new, "stage_done": False,
+            "position": {"stage": 1, "step": 4, "epoch": 0, "batch": 4}}
+    assert reconcile_best(r, last) == new
+    repaired = ckpt_io.load(tmp_path / "best.pt")
+    assert repaired["best"] == new and torch.equal(repaired["model"]["w"], torch.ones(2))
+    # Agreeing files are left alone; a later checkpoint keeps the record it holds.
+    assert reconcile_best(r, {**last, "position": {"stage": 1, "step": 6, "epoch": 0, "batch": 6}}) == new
+    # The final evaluation of a finished run writes best.pt after last.pt's last save: kept.
+    final = {"stage": 2, "step": 3, "head": "t", "miou": 0.75}
+    ckpt_io.save(tmp_path / "best.pt", {**meta, "stage": 2, "model": {"w": torch.ones(2)}, "best": final})
+    done = {**last, "stage": 2, "stage_done": True, "position": {"stage": 2, "step": 3, "epoch": 0, "batch": 3}}
+    assert reconcile_best(r, done) == final
