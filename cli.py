@@ -592,9 +592,10 @@ def _train_errors():
               help="Optimizer steps of linear learning-rate warm-up at the start of each stage.  [default: 0]")
 @click.option("--ppa-eps", type=click.FloatRange(0, min_open=True), default=None,
               help="Stage 2: ε of the phantom term log(ε + Σ ReLU(S_p)) (docs/experiments.md).  [default: 1e-6]")
-@click.option("--class-weights", type=click.Choice(["median-freq"]), default=None,
+@click.option("--class-weights", type=click.Choice(["none", "median-freq"]), default=None,
               help="Weigh every CE term's pixels by class, ours: median-freq = median frequency balancing from "
-                   "SHARDS/train's labels (small classes; docs/photos.md). Default: plain CE (the papers').")
+                   "SHARDS/train's labels (small classes; docs/photos.md; --preset photos-cpu), none = plain CE "
+                   "(the papers').  [default: none]")
 @click.option("--ppa-weight", type=click.FloatRange(0), default=None,
               help="Stage 2: weight of the phantom term, ours (1 = the paper's Eq. 5; 0 = CE alone).  [default: 1]")
 @click.option("--grad-clip", type=click.FloatRange(0, min_open=True), default=None,

@@ -78,7 +78,8 @@ def test_scaled_forward_runs_the_network_at_the_scale_and_answers_at_full_size()
 
 def test_photos_preset_trains_and_evaluates_at_half_size():
     preset = PRESETS["photos-cpu"]
-    assert preset["scale"] == (0.5, 0.5) and preset["eval_scale"] == 0.5
+    assert preset["scale"] == (0.5, 0.5) and preset["eval_scale"] == 0.5 and preset["class_weights"] == "median-freq"
+    assert TrainConfig(shards="out", **{**preset, "class_weights": "none"}).class_weights is None  # --class-weights none
     with pytest.raises(ValueError, match="eval_scale"):
         TrainConfig(shards="out", eval_scale=0)
 
@@ -107,6 +108,7 @@ def test_pipeline_script_trains_on_train_and_scores_the_held_out_split(camvid_li
     assert report["eval_scale"] == 0.5 and report["stage"] == 2  # the preset's scale, the denoised weights
     trained = json.loads((run_dir / "config.json").read_text())
     assert trained["method"] == "sourcesep-cc" and trained["scale"] == [0.5, 0.5]
+    assert trained["class_weights"] == "median-freq" and (run_dir / "class_weights.json").is_file()
     assert json.loads((tmp_path / "out" / "mixed" / "manifest.json").read_text())["num_samples"] == 40
     assert json.loads((run_dir / "report.json").read_text())["samples"] == 4  # the curve's split: val
 
