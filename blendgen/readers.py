@@ -300,6 +300,35 @@ def _pil_size(path: Path, data: bytes | None) -> tuple[int, int]:
             return im.size
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic); C4, C8 and CC are not frames
+_JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def encoded_size(data: bytes) -> tuple[int, int] | None:
+    """(W, H) read straight from a PNG's IHDR or a JPEG's start-of-frame segment, or None for
+    anything else: what the shards hold, in ~1/20 of the time of PIL's lazy open (the trainer's
+    shard reader checks every sample it reads, :func:`blendgen.shards.size_problem`)."""
+    if data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 9 <= len(data):
+        if data[i] != 0xFF:
+            return None  # not at a marker: leave the odd file to PIL
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+        elif marker in _JPEG_FRAMES:  # FF Cn, length (2), precision (1), height (2), width (2)
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        else:
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
 def _mpx(pixels: int | None) -> str:
     return "?" if pixels is None else f"{pixels / 1e6:.1f}".removesuffix(".0")
 

@@ -654,12 +654,15 @@ def size_problem(r: dict) -> str | None:
     """What is wrong with a record whose encoded image or labels, by their headers, are not the
     stored ``height`` x ``width`` (or are over the pixel limit), before anything is decoded: a
     header claiming 30000x30000 would make the decoder allocate gigabytes. None when all agree."""
-    from .readers import MAX_PIXELS, DatasetError, header_size
+    from .readers import MAX_PIXELS, DatasetError, encoded_size, header_size
 
     want = (int(r["height"]), int(r["width"]))
     for name in ("image", "label", "phantom_label"):
         data = np.asarray(r[name], dtype=np.uint8).tobytes()
         if not data and name == "phantom_label":
+            continue
+        fast = encoded_size(data)  # the common case without PIL (every sample the trainer reads)
+        if fast is not None and (fast[1], fast[0]) == want and fast[0] * fast[1] <= MAX_PIXELS:
             continue
         try:
             got = header_size(Path(name), MAX_PIXELS, data)

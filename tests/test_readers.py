@@ -746,3 +746,26 @@ def test_an_image_over_the_pixel_limit_is_refused_from_its_header(tmp_path):
     assert readers.MAX_PIXELS == 100_000_000
     assert readers.header_size(big, max_pixels=None) == (10000, 12000)
     assert readers.header_size(huge, max_pixels=10 ** 9) == (30000, 30000)  # above PIL's refusal, when allowed
+
+
+def test_header_sizes_read_without_pil_agree_with_pil():
+    import io
+
+    from PIL import Image
+
+    from blendgen.readers import encoded_size
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    encoded = []
+    for kwargs in ({"format": "JPEG"}, {"format": "JPEG", "progressive": True},
+                   {"format": "JPEG", "exif": image.getexif().tobytes() or b"Exif\x00\x00"}, {"format": "PNG"}):
+        buf = io.BytesIO()
+        image.save(buf, **kwargs)
+        encoded.append(buf.getvalue())
+    buf = io.BytesIO()
+    image.convert("P").save(buf, format="PNG")
+    encoded.append(buf.getvalue())
+    for data in encoded:
+        assert encoded_size(data) == (53, 37) == Image.open(io.BytesIO(data)).size
+    assert encoded_size(b"GIF89a....") is None and encoded_size(b"\xff\xd8\xff") is None
