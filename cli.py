@@ -87,8 +87,9 @@ def synth(out, seed, num_train, num_val, min_size, max_size, object_scale, worke
       blendgen synth --out data/demo-voc --seed 0
       blendgen synth --task saliency --out data/demo-sod --seed 1
     """
-    from blendgen.synth import SynthConfig, make_synthetic_voc
-    from blendgen.synth_saliency import make_synthetic_saliency
+    from blendgen.synth.saliency import make_synthetic_saliency
+    from blendgen.synth.sets import SynthConfig
+    from blendgen.synth.voc import make_synthetic_voc
 
     try:
         config = SynthConfig(out=out, seed=seed, num_train=num_train, num_val=num_val,

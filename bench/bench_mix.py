@@ -15,7 +15,7 @@ the ratios hold on a busy machine even when the absolute rates do not. It measur
    outputs, nothing else), and with two workers;
 3. reading shards against reading the same samples from VOC-layout JPEG/PNG files.
 
-Inputs are generated here: ``blendgen.synth.make_synthetic_voc`` at VOC-like sizes (random
+Inputs are generated here: ``blendgen.synth.voc.make_synthetic_voc`` at VOC-like sizes (random
 shapes if that module is missing) and the photo crops (matplotlib's sample photograph).
 """
 
@@ -105,7 +105,8 @@ def make_photo_voc(root: Path, n: int, seed: int = 0) -> Path:
 def make_synth_voc(root: Path, n: int, seed: int = 0) -> Path:
     """The project's synthetic VOC at VOC-like sizes, or random shapes when it is missing."""
     try:
-        from blendgen.synth import SynthConfig, make_synthetic_voc
+        from blendgen.synth.sets import SynthConfig
+        from blendgen.synth.voc import make_synthetic_voc
     except ImportError:
         rng = np.random.default_rng(seed)
         items = {}

@@ -320,8 +320,8 @@ def test_sourcesep_cm_pairs_saliency_samples_by_their_pseudo_label_classes():
 
 
 # -- the made-up saliency set -------------------------------------------------------------------------
-from blendgen.synth import SynthConfig
-from blendgen.synth_saliency import fill_void, make_synthetic_saliency, salient_mask
+from blendgen.synth.saliency import fill_void, make_synthetic_saliency, salient_mask
+from blendgen.synth.sets import SynthConfig
 
 
 def test_salient_object_is_the_front_most_and_void_goes_to_the_nearest_object():

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from blendgen import synth
+from blendgen.synth import voc as synth  # write_sample, patched below
 from blendgen.classes import IGNORE_INDEX, VOC_CLASSES, voc_palette
 from blendgen.readers import VOCReader
-from blendgen.synth import SynthConfig, make_synthetic_voc
+from blendgen.synth.sets import SynthConfig
+from blendgen.synth.voc import make_synthetic_voc
 
 SUBDIRS = ("JPEGImages", "SegmentationClass", "SegmentationObject", "Annotations")
 SMALL = dict(seed=0, num_train=24, num_val=8)
@@ -204,6 +205,7 @@ def test_person_is_the_most_frequent_class(stats_run):
 
 
 def test_cooccurrence_is_skewed_with_never_seen_pairs(stats_run):
+    from blendgen.synth import model as synth  # the generative model's NEVER_TOGETHER
     p = presence(stats_run).astype(np.int64)
     c = p.T @ p
     np.fill_diagonal(c, 0)

@@ -10,7 +10,7 @@ writes::
     out/ECSSD/ground_truth_mask/2026_000401.png
     out/synth.json                              the config and a summary
 
-Each image is a scene of the synthetic VOC demo (:func:`blendgen.synth.render_sample`, drawn from
+Each image is a scene of the synthetic VOC demo (:func:`blendgen.synth.render.render_sample`, drawn from
 the same generator seeds, so with the same ``--seed`` the images are the VOC demo's own) and the
 salient object is the **front-most** one: the object painted last, which nothing occludes (ours;
 saliency annotators mark the object that stands out, and in these scenes nearer objects are lower
@@ -30,8 +30,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .classes import IGNORE_INDEX
-from .synth import JPEG_QUALITY, SPLITS, SynthConfig, _run, fresh_partial_dir, render_sample
+from ..classes import IGNORE_INDEX
+from .render import render_sample
+from .sets import JPEG_QUALITY, SPLITS, SynthConfig, _run, fresh_partial_dir
 
 TRAIN_DIRS = ("DUTS-TR", "DUTS-TR-Image", "DUTS-TR-Mask")
 VAL_DIRS = ("ECSSD", "images", "ground_truth_mask")
