@@ -13,12 +13,14 @@ from pathlib import Path
 
 import click
 
-DATASET_KINDS = ["voc", "voc-aug", "coco", "folder", "saliency"]
+from blendgen.datasets.registry import READERS
+
+DATASET_KINDS = list(READERS)  # a family that joins the registry is a --dataset choice with no edit here
 _python_formatwarning = warnings.formatwarning
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:
-    """Dataset warnings (blendgen.readers.DatasetWarning) are for the person running the
+    """Dataset warnings (blendgen.datasets.files.DatasetWarning) are for the person running the
     command: one line on stderr, without the source location Python adds."""
     if category.__name__ == "DatasetWarning":
         return f"Warning: {message}\n"
@@ -138,7 +140,7 @@ def build_clusters(dataset, root, split, out, workers, no_check_images, options,
       blendgen build-clusters --dataset voc --root data/demo-voc --split train --out out/ --workers 2
     """
     from blendgen.clusters import ClusterConfig, build_clusters as run
-    from blendgen.readers import DatasetError
+    from blendgen.datasets.files import DatasetError
 
     try:
         config = ClusterConfig(dataset=dataset, root=root, split=split, out=out, workers=workers,

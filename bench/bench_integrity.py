@@ -32,8 +32,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from blendgen.classes import VOC  # noqa: E402
-from blendgen.readers import jpeg_damage  # noqa: E402
+from blendgen.datasets.classes import VOC  # noqa: E402
+from blendgen.datasets.files import jpeg_damage  # noqa: E402
 from blendgen.shards import Sample, ShardHeader, ShardReader, ShardWriter, encode_sample  # noqa: E402
 
 

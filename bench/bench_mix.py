@@ -38,11 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from blendgen.blend import blend_pair  # noqa: E402
 from blendgen.clusters import ClusterConfig, build_clusters  # noqa: E402
+from blendgen.datasets.registry import open_reader  # noqa: E402
 from blendgen.mix import MixConfig, MixSource, mix, mix_header, plan_for, reopen_source  # noqa: E402
 from blendgen.pack import PackConfig, pack  # noqa: E402
-from blendgen.readers import open_reader  # noqa: E402
 from blendgen.runner import WriteOptions  # noqa: E402
-from blendgen.shards import (  # noqa: E402
+from blendgen.shards import ( # noqa: E402
     Sample, ShardDir, ShardHeader, ShardReader, ShardWriter, encode_image, encode_label, encode_sample,
 )
 
@@ -66,7 +66,7 @@ def random_label(rng, h: int, w: int) -> np.ndarray:
 def write_voc_layout(root: Path, items: dict[str, tuple[np.ndarray, np.ndarray]], split: str = "train") -> None:
     from PIL import Image
 
-    from blendgen.classes import voc_palette
+    from blendgen.datasets.classes import voc_palette
 
     (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
     (root / "SegmentationClass").mkdir(parents=True, exist_ok=True)

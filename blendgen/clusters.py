@@ -32,9 +32,11 @@ import numpy as np
 from tqdm import tqdm
 
 from . import __version__
-from .classes import ClassSet
+from .datasets.base import Reader
+from .datasets.classes import ClassSet, check_label_values
+from .datasets.files import DatasetError
+from .datasets.registry import open_reader
 from .io import atomic_path, make_dir, save_figure, write_json
-from .readers import DatasetError, Reader, check_label_values, open_reader
 
 FORMAT_VERSION = 1
 

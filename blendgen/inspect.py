@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from .classes import ClassSet
+from .datasets.classes import ClassSet
 from .io import save_figure
 from .shards import SCHEMA, Sample, ShardDir, ShardError, ShardHeader, ShardReader, verify_shard
 

@@ -22,10 +22,12 @@ import cv2
 import numpy as np
 
 from .blend import blend_pair
-from .classes import ClassSet
 from .clusters import ClusterIndex
+from .datasets.base import Reader
+from .datasets.classes import ClassSet
+from .datasets.files import DatasetError
+from .datasets.registry import open_reader
 from .plan import STRATEGIES, DeltaSpec, Plan, make_plan, parse_delta, row_key
-from .readers import DatasetError, Reader, open_reader
 from .runner import RunResult, WriteOptions, merge_parts, write_shards
 from .shards import Sample, ShardHeader, encode_sample
 

@@ -21,8 +21,9 @@ from typing import Iterator
 import numpy as np
 
 from .clusters import ClusterIndex
+from .datasets.base import Reader
+from .datasets.files import DatasetError
 from .mix import label_classes, reopen_source
-from .readers import DatasetError, Reader
 from .runner import RunResult, WriteOptions, merge_parts, write_shards
 from .shards import Sample, ShardError, ShardHeader, decode_image, encode_sample
 

@@ -54,7 +54,7 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .classes import ClassSet
+from .datasets.classes import ClassSet
 
 FORMAT = "blendgen-shards"
 FORMAT_VERSION = 2  # 2: per-sample checksums
@@ -654,7 +654,7 @@ def size_problem(r: dict) -> str | None:
     """What is wrong with a record whose encoded image or labels, by their headers, are not the
     stored ``height`` x ``width`` (or are over the pixel limit), before anything is decoded: a
     header claiming 30000x30000 would make the decoder allocate gigabytes. None when all agree."""
-    from .readers import MAX_PIXELS, DatasetError, encoded_size, header_size
+    from .datasets.files import MAX_PIXELS, DatasetError, encoded_size, header_size
 
     want = (int(r["height"]), int(r["width"]))
     for name in ("image", "label", "phantom_label"):

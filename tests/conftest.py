@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blendgen.classes import ClassSet
+from blendgen.datasets.classes import ClassSet
 from blendgen.shards import MANIFEST, Sample, ShardHeader, ShardWriter, encode_sample, manifest_dict, shard_name
 
 TINY_CLASSES = ClassSet(names=("background", "disc", "bar", "box"))

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from blendgen.classes import ClassSet
-from blendgen.inspect import (InspectConfig, StatsConfig, format_inspect, format_stats, inspect, stats,
-                              write_stats_png)
+from blendgen.datasets.classes import ClassSet
+from blendgen.inspect import InspectConfig, StatsConfig, format_inspect, format_stats, inspect, stats, write_stats_png
 from blendgen.io import write_json
-from blendgen.shards import (SCHEMA, Sample, ShardDir, ShardError, ShardHeader, ShardReader, ShardWriter, encode_sample,
-                             manifest_dict, shard_name)
+from blendgen.shards import (
+    SCHEMA, Sample, ShardDir, ShardError, ShardHeader, ShardReader, ShardWriter, encode_sample, manifest_dict,
+    shard_name,
+)
 from cli import blendgen
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "format.md"

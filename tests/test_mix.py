@@ -20,9 +20,10 @@ from cli import blendgen
 
 from blendgen.blend import blend_pair
 from blendgen.clusters import ClusterConfig, ClusterIndex, build_clusters
+from blendgen.datasets.files import DatasetError
+from blendgen.datasets.registry import open_reader
 from blendgen.mix import MixConfig, merge, mix
 from blendgen.plan import parse_delta, row_key
-from blendgen.readers import DatasetError, open_reader
 from blendgen.runner import WriteOptions
 from blendgen.shards import SCHEMA, ShardDir, ShardError, ShardReader, ShardWriter, encode_image, verify_shard
 from voc_fixture import label_with_classes, write_palette_png

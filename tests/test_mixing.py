@@ -4,16 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from blendgen.classes import VOC
+from blendgen.datasets.classes import VOC
 from trainer.losses import mixup_loss
 from trainer.mixing import (
-    class_presence,
-    cooccurrence_mix,
-    cooccurrence_pairing,
-    cutmix,
-    cutmix_box,
-    mixup,
-    sample_beta,
+    class_presence, cooccurrence_mix, cooccurrence_pairing, cutmix, cutmix_box, mixup, sample_beta,
 )
 
 IGNORE = 255

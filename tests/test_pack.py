@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from blendgen.clusters import ClusterConfig, ClusterIndex, build_clusters
+from blendgen.datasets.files import DatasetError
 from blendgen.pack import PackConfig, pack
-from blendgen.readers import DatasetError
 from blendgen.runner import WriteOptions
 from blendgen.shards import SCHEMA, ShardDir, ShardError, ShardReader
 from voc_fixture import label_with_classes, write_palette_png

@@ -16,12 +16,13 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from blendgen.readers import DatasetError
+from blendgen.datasets.files import DatasetError
 from cli import trainer as trainer_cli
 from trainer import checkpoint as ckpt_io
 from trainer.model import ModelConfig, build_model
-from trainer.predict import (PredictConfig, Predictor, PseudoLabelConfig, predict_images, tile_starts,
-                             write_pseudo_labels)
+from trainer.predict import (
+    PredictConfig, Predictor, PseudoLabelConfig, predict_images, tile_starts, write_pseudo_labels,
+)
 
 from conftest import TINY_CLASSES
 

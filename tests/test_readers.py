@@ -15,11 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from blendgen import readers
-from blendgen.classes import COCO, COCO_CLASSES, VOC, voc_palette
-from blendgen.readers import (
-    COCOReader, DatasetError, FolderReader, ObjectInfo, VOCReader, open_reader, read_rgb,
-)
+from blendgen.datasets import coco as readers  # the COCO cache's steps, patched below
+from blendgen.datasets.base import ObjectInfo
+from blendgen.datasets.classes import COCO, COCO_CLASSES, VOC, voc_palette
+from blendgen.datasets.coco import COCOReader
+from blendgen.datasets.files import DatasetError, read_rgb
+from blendgen.datasets.folder import FolderReader
+from blendgen.datasets.registry import open_reader
+from blendgen.datasets.voc import VOCReader
 
 mask_utils = pytest.importorskip("pycocotools.mask")  # COCO tests; every other layout needs no pycocotools
 
@@ -719,7 +722,7 @@ def test_every_layout_but_coco_works_without_pycocotools(tmp_path):
     import sys
 
     code = ("import sys; sys.modules['pycocotools'] = None\n"
-            "import cli, blendgen.readers as r\n"
+            "import cli, blendgen.datasets.coco as r\n"
             "try:\n    r.coco_masks()\nexcept r.DatasetError as e:\n    print(e)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -727,6 +730,7 @@ def test_every_layout_but_coco_works_without_pycocotools(tmp_path):
 
 
 def test_an_image_over_the_pixel_limit_is_refused_from_its_header(tmp_path):
+    from blendgen.datasets import files as readers  # header_size, MAX_PIXELS
     # Issue 23: a JPEG of a few hundred bytes whose header claims 12000x10000 (120 Mpx) or
     # 30000x30000 (900 Mpx, over PIL's own limit) is refused before any decoding.
     def bomb(name: str, w: int, h: int) -> Path:
@@ -753,7 +757,7 @@ def test_header_sizes_read_without_pil_agree_with_pil():
 
     from PIL import Image
 
-    from blendgen.readers import encoded_size
+    from blendgen.datasets.files import encoded_size
 
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))

@@ -110,9 +110,10 @@ import cv2
 from PIL import Image
 from click.testing import CliRunner
 
-from blendgen.classes import VOC, ClassSet
-from blendgen.readers import DatasetError, open_reader
-from blendgen.saliency import SALIENCY, SaliencyReader, read_mask
+from blendgen.datasets.classes import VOC, ClassSet
+from blendgen.datasets.files import DatasetError
+from blendgen.datasets.registry import open_reader
+from blendgen.datasets.saliency import SALIENCY, SaliencyReader, read_mask
 
 PSEUDO = ClassSet(names=("background", "cat", "dog", "sofa"))
 

@@ -11,17 +11,20 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from blendgen.classes import ClassSet
-from blendgen.shards import (MANIFEST, Sample, ShardDir, ShardHeader, ShardWriter, encode_sample, manifest_dict,
-                             shard_name)
+from blendgen.datasets.classes import ClassSet
+from blendgen.shards import (
+    MANIFEST, Sample, ShardDir, ShardHeader, ShardWriter, encode_sample, manifest_dict, shard_name,
+)
 from cli import trainer as trainer_cli
 from trainer import checkpoint as ckpt_io
 from trainer.distributed import Dist
 from trainer.evaluate import Subsets, eval_loader, evaluate_pass, per_image_confusion
 from trainer.metrics import ConfusionMatrix
 from trainer.model import ModelConfig, build_model
-from trainer.suites import (ImageInfo, SuiteConfig, complex_subsets, context_subsets, expand_suites, person_id,
-                            person_partners, rarity_subsets, read_image_infos, suite_markdown, unknown_annotations)
+from trainer.suites import (
+    ImageInfo, SuiteConfig, complex_subsets, context_subsets, expand_suites, person_id, person_partners, rarity_subsets,
+    read_image_infos, suite_markdown, unknown_annotations,
+)
 
 from conftest import COLOURS
 
@@ -60,7 +63,7 @@ def test_complex_subsets_are_table_4s():
 
 
 def test_table5_partners_are_the_papers_five_on_voc_and_derived_elsewhere():
-    from blendgen.classes import VOC
+    from blendgen.datasets.classes import VOC
     from trainer.suites import table5_partners
 
     voc_c = np.zeros((20, 20), np.int64)

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from blendgen.datasets.classes import IGNORE_INDEX, VOC_CLASSES, voc_palette  # write_sample, patched below
+from blendgen.datasets.voc import VOCReader  # write_sample, patched below
 from blendgen.synth import voc as synth  # write_sample, patched below
-from blendgen.classes import IGNORE_INDEX, VOC_CLASSES, voc_palette
-from blendgen.readers import VOCReader
-from blendgen.synth.sets import SynthConfig
-from blendgen.synth.voc import make_synthetic_voc
+from blendgen.synth.sets import SynthConfig  # write_sample, patched below
+from blendgen.synth.voc import make_synthetic_voc  # write_sample, patched below
 
 SUBDIRS = ("JPEGImages", "SegmentationClass", "SegmentationObject", "Annotations")
 SMALL = dict(seed=0, num_train=24, num_val=8)

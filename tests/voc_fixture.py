@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from blendgen.classes import voc_palette
+from blendgen.datasets.classes import voc_palette
 
 
 def write_palette_png(path: Path, label: np.ndarray) -> None:

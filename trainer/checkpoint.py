@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from blendgen.classes import ClassSet
+from blendgen.datasets.classes import ClassSet
 
 FORMAT = "trainer-checkpoint"
 VERSION = 1

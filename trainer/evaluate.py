@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from blendgen.classes import ClassSet
+from blendgen.datasets.classes import ClassSet
 from blendgen.shards import ShardDir
 
 from . import checkpoint as ckpt_io

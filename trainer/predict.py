@@ -30,9 +30,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from blendgen.classes import ClassSet
+from blendgen.datasets.classes import ClassSet
+from blendgen.datasets.files import MAX_PIXELS, header_size
+from blendgen.datasets.saliency import PSEUDO_CLASSES  # the pseudo-label folder's class set, read back there
 from blendgen.io import atomic_path, make_dir
-from blendgen.readers import MAX_PIXELS, header_size
 
 from . import checkpoint as ckpt_io
 from .distributed import resolve_device
@@ -43,7 +44,6 @@ from .transforms import normalize
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # What a folder walk of ``trainer predict`` picks up: every format OpenCV decodes and PIL sizes.
 PREDICT_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-PSEUDO_CLASSES = "classes.json"  # blendgen.saliency.PSEUDO_CLASSES
 # Sliding-window inference (mmseg's "slide" mode) for images larger than TILE either way: tiles
 # of TILE x TILE every STRIDE pixels, overlapping logits averaged. Whole-image inference of a
 # 12-Mpx photo peaked at several GB on CPU (docs/predict.md); a 1024 tile bounds it, and images

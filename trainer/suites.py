@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from blendgen.classes import VOC, ClassSet
+from blendgen.datasets.classes import VOC, ClassSet
 from blendgen.shards import ShardDir
 
 from . import checkpoint as ckpt_io

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from blendgen.classes import ClassSet
+from blendgen.datasets.classes import ClassSet
 from blendgen.io import make_dir
 from blendgen.shards import ShardDir
 

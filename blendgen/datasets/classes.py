@@ -1,4 +1,5 @@
-"""Class definitions: names, palettes and which label values are objects.
+"""Class sets: names, palettes, which label values are objects, and label id maps; built in
+(VOC, COCO, Cityscapes, ADE20K) or read from a dataset's files.
 
 A dataset's label maps hold one uint8 class id per pixel, ``0..K-1``, plus the ignore
 value (255, the VOC "void" band). Background ids are not object classes: they take no
@@ -8,9 +9,14 @@ part in co-occurrence or clusters (IJCV Algorithm 1 removes background and ignor
 from __future__ import annotations
 
 import json
+import re
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+
+from .files import DatasetError, DatasetWarning, numbered_lines, read_text_file
 
 IGNORE_INDEX = 255
 
@@ -128,3 +134,144 @@ NAMED_LABEL_MAPS = {
 
 VOC = ClassSet(names=VOC_CLASSES)
 COCO = ClassSet(names=("background",) + COCO_CLASSES)
+
+
+def check_label_values(hist: np.ndarray, classes: ClassSet, path: Path) -> None:
+    """``hist``: 256-bin histogram of a label map. Values beyond the class set, other than the
+    ignore index, are an error."""
+    bad = np.flatnonzero(hist[classes.num_classes:])
+    bad = bad + classes.num_classes
+    bad = bad[bad != classes.ignore_index]
+    if bad.size:
+        raise DatasetError(
+            f"{path}: label values {bad[:5].tolist()} outside the class set 0..{classes.num_classes - 1}"
+            f" (and {classes.ignore_index} = ignore)"
+        )
+
+
+# -- class sets and label maps from a dataset's files (the VOC and folder readers' options) ----
+def palette_file_path(root: Path, palette_file: str | Path | None) -> Path | None:
+    if palette_file is not None:
+        return root / palette_file  # named explicitly: it must exist
+    default = root / "palette.txt"
+    return default if default.is_file() else None
+
+
+def classes_from_file(names_path: Path, background: str | None, palette_path: Path | None) -> ClassSet:
+    return named_class_set(tuple(numbered_lines(names_path, "class-names file")), background, palette_path, names_path)
+
+
+def named_class_set(names: tuple[str, ...], background: str | None, palette_path: Path | None,
+                    names_path: Path) -> ClassSet:
+    background_ids = parse_background(background, names, names_path)
+    palette = read_palette(palette_path) if palette_path is not None else None
+    try:
+        return ClassSet(names=names, background=background_ids, palette=palette)
+    except ValueError as exc:  # duplicate names, more than 255 classes
+        raise DatasetError(f"{names_path}: classes do not form a label space ({exc})") from None
+
+
+def check_root_class_names(root: Path, classes: ClassSet, in_use: Path | None, kind: str) -> None:
+    """Compare ``root/classes.txt`` with the class set in use (names, any case).
+
+    ``in_use`` is the names file the class set came from, None for a reader's built-in set.
+    A disagreeing file beside a built-in set is an error: the reader would be guessing, and
+    the guess (VOC's names for a street-scene set) is silently wrong. Beside a file the user
+    named it is a warning: they chose, but may have mixed up two files."""
+    path = root / "classes.txt"
+    if not path.is_file() or (in_use is not None and path.resolve() == in_use.resolve()):
+        return
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError):
+        return  # not ours to judge; the names in use come from elsewhere
+    if [n.lower() for n in names] == [n.lower() for n in classes.names]:
+        return
+    listed = f"{len(names)} classes ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+    if in_use is None:
+        raise DatasetError(f"{path}: names {listed} but --dataset {kind} reads the {classes.num_classes} "
+                           f"built-in classes; pass --option classes_file=classes.txt to use the file, "
+                           f"or move it away")
+    warnings.warn(f"{path}: names {listed}, not the {classes.num_classes} classes of {in_use} in use",
+                  DatasetWarning, stacklevel=3)
+
+
+def label_map_table(spec: str | None, root: Path, classes: ClassSet) -> np.ndarray | None:
+    """The (256,) uint8 lookup table of ``label_map=``: a name of
+    :data:`NAMED_LABEL_MAPS` (``cityscapes``: labelIds -> trainIds;
+    ``ade20k-reduce-zero``: 0 -> 255, c -> c-1) or a file (relative to ``root``) of lines
+    ``src dst``. Every id not listed becomes 255 (ignored). None: no map."""
+    if spec is None:
+        return None
+    if spec in NAMED_LABEL_MAPS:
+        pairs, where = NAMED_LABEL_MAPS[spec], f"label map {spec!r}"
+    else:
+        path = root / spec
+        if not path.is_file():
+            raise DatasetError(f"{path}: missing label map (a file of 'src dst' lines, or one of "
+                               f"{', '.join(NAMED_LABEL_MAPS)})")
+        pairs, where = read_label_map(path), str(path)
+    bad = sorted({dst for dst in pairs.values() if dst >= classes.num_classes and dst != classes.ignore_index})
+    if bad:
+        raise DatasetError(f"{where}: maps to ids {bad[:5]} outside the class set 0..{classes.num_classes - 1} "
+                           f"(and {classes.ignore_index} = ignore)")
+    table = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    for src, dst in pairs.items():
+        table[src] = dst
+    return table
+
+
+def read_label_map(path: Path) -> dict[int, int]:
+    """Lines ``src dst`` (ids 0..255; ``#`` starts a comment); a source listed twice is an error."""
+    pairs: dict[int, int] = {}
+    for n, raw in enumerate(read_text_file(path, "label map").splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        values = line.replace(",", " ").split()
+        if len(values) != 2 or not all(re.fullmatch(r"\d+", v) and int(v) <= 255 for v in values):
+            raise DatasetError(f"{path}: line {n} is {raw.strip()!r}, expected two ids 0..255 \"src dst\"")
+        src, dst = int(values[0]), int(values[1])
+        if src in pairs:
+            raise DatasetError(f"{path}: line {n} maps id {src} a second time")
+        pairs[src] = dst
+    if not pairs:
+        raise DatasetError(f"{path}: label map is empty")
+    return pairs
+
+
+def parse_background(spec: str | list | tuple | None, names: tuple[str, ...], names_path: Path) -> tuple[int, ...]:
+    """Background ids from ``spec``: comma-separated ids or class names (a number is taken as
+    an id). None: id 0 if it is named "background", else no background at all."""
+    if spec is None:
+        return (0,) if names[0].lower() == "background" else ()
+    items = spec.split(",") if isinstance(spec, str) else [str(item) for item in spec]
+    ids = []
+    for item in (item.strip() for item in items):
+        if not item:
+            continue
+        if re.fullmatch(r"\d+", item):
+            class_id = int(item)
+            if class_id >= len(names):
+                raise DatasetError(f"{names_path}: background id {class_id} is not a class (ids 0..{len(names) - 1})")
+        elif item in names:
+            class_id = names.index(item)
+        else:
+            raise DatasetError(f"{names_path}: background {item!r} is neither a class id nor a class name")
+        ids.append(class_id)
+    return tuple(sorted(set(ids)))
+
+
+def read_palette(path: Path) -> np.ndarray:
+    """A (256, 3) palette from lines "r g b" (line i = id i-1); ids the file does not reach
+    keep their VOC colour."""
+    palette = voc_palette()
+    lines = numbered_lines(path, "palette file")
+    if len(lines) > 256:
+        raise DatasetError(f"{path}: {len(lines)} palette lines, at most 256 for uint8 labels")
+    for i, line in enumerate(lines):
+        values = line.replace(",", " ").split()
+        if len(values) != 3 or not all(re.fullmatch(r"\d+", v) and int(v) <= 255 for v in values):
+            raise DatasetError(f"{path}: line {i + 1} is {line!r}, expected three values 0..255 \"r g b\"")
+        palette[i] = [int(v) for v in values]
+    return palette

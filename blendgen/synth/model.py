@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..classes import VOC_CLASSES
+from ..datasets.classes import VOC_CLASSES
 
 CLASS_ID = {name: i for i, name in enumerate(VOC_CLASSES)}
 

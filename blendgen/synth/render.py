@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..classes import IGNORE_INDEX
+from ..datasets.classes import IGNORE_INDEX
 from .model import (
     CLASS_ID, LOOKS, MIN_VISIBLE_FRACTION, MIN_VISIBLE_PIXELS, OCCLUDED_FRACTION, sample_classes, sample_scene,
 )

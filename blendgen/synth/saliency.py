@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..classes import IGNORE_INDEX
+from ..datasets.classes import IGNORE_INDEX
 from .render import render_sample
 from .sets import JPEG_QUALITY, SPLITS, SynthConfig, _run, fresh_partial_dir
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from ..classes import VOC_CLASSES
+from ..datasets.classes import VOC_CLASSES
 from .model import ASPECT, NEAR_P, REL_SIZE
 
 

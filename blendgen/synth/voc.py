@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..classes import IGNORE_INDEX, VOC_CLASSES, voc_palette
+from ..datasets.classes import IGNORE_INDEX, VOC_CLASSES, voc_palette
 from .render import Sample, SampleObject, render_sample
 from .sets import JPEG_QUALITY, SPLITS, SynthConfig, _run, fresh_partial_dir
 
