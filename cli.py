@@ -202,7 +202,7 @@ def _delta_option(ctx, param, value):
 
 
 def _part_option(ctx, param, value):
-    from blendgen.runner import Part
+    from blendgen.shards.runner import Part
 
     try:
         return Part.parse(value)
@@ -280,7 +280,7 @@ def mix(out, strategy, delta, seed, pairs, dest, max_samples, task, shard_size, 
       blendgen mix --out out-sod/ --task saliency   # SourceSep-CC on a saliency set
     """
     from blendgen.mix import MixConfig, merge as merge_run, mix as run
-    from blendgen.runner import WriteOptions
+    from blendgen.shards.runner import WriteOptions
 
     if task == "saliency":
         from blendgen.saliency import saliency_mix as run
@@ -327,7 +327,7 @@ def pack(out, split, dest, task, root, shard_size, workers, part, jpeg_quality, 
       blendgen pack --out out-sod/ --split val --task saliency --root data/ECSSD
     """
     from blendgen.pack import PackConfig, merge as merge_run, pack as run
-    from blendgen.runner import WriteOptions
+    from blendgen.shards.runner import WriteOptions
 
     if root is not None and task != "saliency":
         raise click.BadParameter("only with --task saliency (a segmentation split comes from the clustered dataset)",
@@ -408,8 +408,8 @@ def inspect_(path, shard_name, limit, index, out, as_json):
       blendgen inspect out/mixed --limit 5
       blendgen inspect out/mixed/shard-00000.h5 --index 3 --out sample.png
     """
-    from blendgen.inspect import InspectConfig, format_inspect, inspect as run
-    from blendgen.shards import ShardError
+    from blendgen.shards.inspect import InspectConfig, format_inspect, inspect as run
+    from blendgen.shards.schema import ShardError
 
     try:
         config = InspectConfig(path=path, shard=shard_name, limit=limit, index=index, out=out)
@@ -438,8 +438,8 @@ def stats_(path, bins, out, as_json, quiet):
     Example:
       blendgen stats out/mixed --out out/mixed-stats.png
     """
-    from blendgen.inspect import StatsConfig, format_stats, stats as run
-    from blendgen.shards import ShardError
+    from blendgen.shards.schema import ShardError
+    from blendgen.shards.stats import StatsConfig, format_stats, stats as run
 
     try:
         config = StatsConfig(path=path, bins=bins, out=out)
@@ -471,7 +471,7 @@ def verify_(paths, workers, quiet):
     Example:
       blendgen verify out/ --workers 4
     """
-    from blendgen.verify import format_results, verify
+    from blendgen.shards.verify import format_results, verify
 
     results = verify(list(paths), workers=workers, progress=not quiet)
     click.echo(format_results(results))

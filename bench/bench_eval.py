@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from blendgen.shards import ShardDir  # noqa: E402
+from blendgen.shards.directory import ShardDir  # noqa: E402
 from trainer import checkpoint as ckpt_io  # noqa: E402
 from trainer.attacks import PixelModel, frozen, pgd  # noqa: E402
 from trainer.distributed import Dist, resolve_device  # noqa: E402

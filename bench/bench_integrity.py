@@ -34,7 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from blendgen.datasets.classes import VOC  # noqa: E402
 from blendgen.datasets.files import jpeg_damage  # noqa: E402
-from blendgen.shards import Sample, ShardHeader, ShardReader, ShardWriter, encode_sample  # noqa: E402
+from blendgen.shards.reader import ShardReader  # noqa: E402
+from blendgen.shards.schema import Sample, ShardHeader, encode_sample  # noqa: E402
+from blendgen.shards.writer import ShardWriter  # noqa: E402
 
 
 def scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:

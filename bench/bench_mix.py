@@ -41,10 +41,11 @@ from blendgen.clusters import ClusterConfig, build_clusters  # noqa: E402
 from blendgen.datasets.registry import open_reader  # noqa: E402
 from blendgen.mix import MixConfig, MixSource, mix, mix_header, plan_for, reopen_source  # noqa: E402
 from blendgen.pack import PackConfig, pack  # noqa: E402
-from blendgen.runner import WriteOptions  # noqa: E402
-from blendgen.shards import ( # noqa: E402
-    Sample, ShardDir, ShardHeader, ShardReader, ShardWriter, encode_image, encode_label, encode_sample,
-)
+from blendgen.shards.directory import ShardDir  # noqa: E402
+from blendgen.shards.reader import ShardReader  # noqa: E402
+from blendgen.shards.runner import WriteOptions  # noqa: E402
+from blendgen.shards.schema import Sample, ShardHeader, encode_image, encode_label, encode_sample  # noqa: E402
+from blendgen.shards.writer import ShardWriter  # noqa: E402
 
 VOC_SIZES = [(375, 500), (500, 375), (333, 500), (500, 333), (375, 500), (375, 500)]  # (H, W), landscape 375 most common
 

@@ -42,7 +42,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from blendgen.shards import ShardDir, _str  # noqa: E402
+from blendgen.shards.directory import ShardDir  # noqa: E402
+from blendgen.shards.schema import as_str  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.data import ShardStream, rank_batches  # noqa: E402
 from trainer.transforms import train_transform  # noqa: E402
@@ -135,7 +136,7 @@ def directory_dominants(path: Path) -> tuple[list[int], np.ndarray]:
         with h5py.File(p, "r") as f:
             column = f["dominant_id"][:]
         sizes.append(len(column))
-        names.extend(_str(v) for v in column)
+        names.extend(as_str(v) for v in column)
     _, ids = np.unique(np.array(names), return_inverse=True)
     return sizes, ids
 

@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from blendgen.shards import ShardDir  # noqa: E402
+from blendgen.shards.directory import ShardDir  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.data import ShardStream  # noqa: E402
 from trainer.losses import stage1_loss  # noqa: E402

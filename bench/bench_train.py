@@ -30,7 +30,7 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from blendgen.shards import ShardDir  # noqa: E402
+from blendgen.shards.directory import ShardDir  # noqa: E402
 from trainer.data import ShardStream, make_loader  # noqa: E402
 from trainer.losses import ce_loss, stage1_loss  # noqa: E402
 from trainer.model import ModelConfig, build_model  # noqa: E402

@@ -52,7 +52,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from blendgen.shards import ShardDir  # noqa: E402
+from blendgen.shards.directory import ShardDir  # noqa: E402
 from trainer.attacks import PixelModel, frozen, pgd  # noqa: E402
 from trainer.distributed import Dist  # noqa: E402
 from trainer.evaluate import eval_loader, evaluate_pass  # noqa: E402

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from blendgen.shards import ShardDir
+from blendgen.shards.directory import ShardDir
 from trainer import checkpoint as ckpt_io
 from trainer.config import TrainConfig
 from trainer.data import ShardStream

@@ -28,8 +28,8 @@ from .datasets.classes import ClassSet
 from .datasets.files import DatasetError
 from .datasets.registry import open_reader
 from .plan import STRATEGIES, DeltaSpec, Plan, make_plan, parse_delta, row_key
-from .runner import RunResult, WriteOptions, merge_parts, write_shards
-from .shards import Sample, ShardHeader, encode_sample
+from .shards.runner import RunResult, WriteOptions, merge_parts, write_shards
+from .shards.schema import Sample, ShardHeader, encode_sample
 
 MIXED_DIR = "mixed"
 

@@ -24,8 +24,8 @@ from .clusters import ClusterIndex
 from .datasets.base import Reader
 from .datasets.files import DatasetError
 from .mix import label_classes, reopen_source
-from .runner import RunResult, WriteOptions, merge_parts, write_shards
-from .shards import Sample, ShardError, ShardHeader, decode_image, encode_sample
+from .shards.runner import RunResult, WriteOptions, merge_parts, write_shards
+from .shards.schema import Sample, ShardError, ShardHeader, decode_image, encode_sample
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ from .datasets.saliency import SALIENCY, SaliencyReader
 from .io import make_dir
 from .mix import MixConfig, MixSource, mix_header, plan_for, reopen_source
 from .pack import PackConfig, PackSource
-from .runner import RunResult, write_shards
-from .shards import Sample, ShardHeader
+from .shards.runner import RunResult, write_shards
+from .shards.schema import Sample, ShardHeader
 
 TASK = "saliency"  # the manifest's "task"; trainer.saliency.TASK reads it
 

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from blendgen.datasets.classes import ClassSet
-from blendgen.shards import MANIFEST, Sample, ShardHeader, ShardWriter, encode_sample, manifest_dict, shard_name
+from blendgen.shards.manifest import MANIFEST, manifest_dict, shard_name
+from blendgen.shards.schema import Sample, ShardHeader, encode_sample
+from blendgen.shards.writer import ShardWriter
 
 TINY_CLASSES = ClassSet(names=("background", "disc", "bar", "box"))
 COLOURS = np.array([[90, 90, 90], [220, 40, 40], [40, 200, 60], [50, 70, 230]], dtype=np.uint8)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from blendgen.shards import ShardDir
+from blendgen.shards.directory import ShardDir
 from trainer.config import TrainConfig
 from trainer.data import (ShardStream, batched, epoch_addresses, make_loader, make_units, rank_batches, rank_span,
                           shuffle_buffer, worker_part)

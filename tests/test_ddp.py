@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from blendgen.shards import ShardDir
+from blendgen.shards.directory import ShardDir
 
 TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
 

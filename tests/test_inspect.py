@@ -14,12 +14,14 @@ import pytest
 from click.testing import CliRunner
 
 from blendgen.datasets.classes import ClassSet
-from blendgen.inspect import InspectConfig, StatsConfig, format_inspect, format_stats, inspect, stats, write_stats_png
 from blendgen.io import write_json
-from blendgen.shards import (
-    SCHEMA, Sample, ShardDir, ShardError, ShardHeader, ShardReader, ShardWriter, encode_sample, manifest_dict,
-    shard_name,
-)
+from blendgen.shards.directory import ShardDir
+from blendgen.shards.inspect import InspectConfig, format_inspect, inspect
+from blendgen.shards.manifest import manifest_dict, shard_name
+from blendgen.shards.reader import ShardReader
+from blendgen.shards.schema import SCHEMA, Sample, ShardError, ShardHeader, encode_sample
+from blendgen.shards.stats import StatsConfig, format_stats, stats, write_stats_png
+from blendgen.shards.writer import ShardWriter
 from cli import blendgen
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "format.md"

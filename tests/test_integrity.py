@@ -24,12 +24,14 @@ from click.testing import CliRunner
 from blendgen.clusters import ClusterConfig, build_clusters
 from blendgen.io import exclusive_lock
 from blendgen.mix import MixConfig, mix
-from blendgen.runner import WriteOptions, describe_write_error, lock_name, Part
-from blendgen.shards import (MANIFEST, CorruptSample, ShardDir, ShardError, ShardReader, record_checksum,
-                             sha256_file)
-from blendgen.verify import verify
-from cli import blendgen as blendgen_cli
-from cli import trainer as trainer_cli
+from blendgen.shards.directory import ShardDir
+from blendgen.shards.manifest import MANIFEST
+from blendgen.shards.reader import ShardReader
+from blendgen.shards.runner import WriteOptions, describe_write_error, lock_name, Part
+from blendgen.shards.schema import CorruptSample, ShardError, record_checksum
+from blendgen.shards.verify import verify
+from blendgen.shards.writer import sha256_file
+from cli import blendgen as blendgen_cli, trainer as trainer_cli
 from conftest import make_tiny_shards
 from voc_fixture import label_with_classes, write_voc
 
@@ -398,7 +400,8 @@ def test_verify_says_a_directory_being_written_is_busy(shards):
 
 
 def test_a_sample_whose_encoded_header_disagrees_with_its_size_is_corrupt(tmp_path, shards):
-    from blendgen.shards import ShardHeader, ShardWriter
+    from blendgen.shards.schema import ShardHeader
+    from blendgen.shards.writer import ShardWriter
 
     source = ShardReader(shards / "train" / "shard-00000.h5")
     header = ShardHeader(kind="standard", classes=ShardDir.open(shards / "train").classes, split="train",

@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from blendgen.shards import ShardDir
+from blendgen.shards.directory import ShardDir
 from cli import trainer as trainer_cli
 from trainer.config import METHODS, TrainConfig
 from trainer.losses import per_image_ce

@@ -24,8 +24,11 @@ from blendgen.datasets.files import DatasetError
 from blendgen.datasets.registry import open_reader
 from blendgen.mix import MixConfig, merge, mix
 from blendgen.plan import parse_delta, row_key
-from blendgen.runner import WriteOptions
-from blendgen.shards import SCHEMA, ShardDir, ShardError, ShardReader, ShardWriter, encode_image, verify_shard
+from blendgen.shards.directory import ShardDir
+from blendgen.shards.reader import ShardReader
+from blendgen.shards.runner import WriteOptions
+from blendgen.shards.schema import SCHEMA, ShardError, encode_image, verify_shard
+from blendgen.shards.writer import ShardWriter
 from voc_fixture import label_with_classes, write_palette_png
 
 BLENDGEN = str(Path(sys.executable).with_name("blendgen"))

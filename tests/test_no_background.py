@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from blendgen.clusters import ClusterConfig, build_clusters
 from blendgen.mix import MixConfig, mix
 from blendgen.pack import PackConfig, pack
-from blendgen.runner import WriteOptions
-from blendgen.shards import ShardDir
+from blendgen.shards.directory import ShardDir
+from blendgen.shards.runner import WriteOptions
 from cli import trainer as trainer_cli
 from trainer.config import TrainConfig
 from trainer.train import run

@@ -14,8 +14,10 @@ import pytest
 from blendgen.clusters import ClusterConfig, ClusterIndex, build_clusters
 from blendgen.datasets.files import DatasetError
 from blendgen.pack import PackConfig, pack
-from blendgen.runner import WriteOptions
-from blendgen.shards import SCHEMA, ShardDir, ShardError, ShardReader
+from blendgen.shards.directory import ShardDir
+from blendgen.shards.reader import ShardReader
+from blendgen.shards.runner import WriteOptions
+from blendgen.shards.schema import SCHEMA, ShardError
 from voc_fixture import label_with_classes, write_palette_png
 
 BLENDGEN = str(Path(sys.executable).with_name("blendgen"))

@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from blendgen.shards import ShardDir
+from blendgen.shards.directory import ShardDir
 from cli import trainer as trainer_cli
 from trainer.config import PRESETS, TrainConfig
 from trainer.model import ModelConfig, build_model, scaled_forward

@@ -216,9 +216,9 @@ import h5py
 
 from blendgen.clusters import ClusterConfig, build_clusters
 from blendgen.mix import MixConfig
-from blendgen.runner import WriteOptions
 from blendgen.saliency import SaliencyPackConfig, saliency_mix, saliency_pack
-from blendgen.shards import ShardDir
+from blendgen.shards.directory import ShardDir
+from blendgen.shards.runner import WriteOptions
 
 CAT, DOG, SOFA = 1, 2, 3
 
@@ -268,7 +268,8 @@ def test_saliency_pack_stores_masks_as_labels_and_pseudo_class_sets(clustered):
 
 
 def test_inspect_and_stats_name_the_pseudo_label_classes_of_saliency_shards(clustered):
-    from blendgen.inspect import InspectConfig, StatsConfig, inspect, stats
+    from blendgen.shards.inspect import InspectConfig, inspect
+    from blendgen.shards.stats import StatsConfig, stats
 
     tmp_path, _ = clustered
     saliency_pack(SaliencyPackConfig(out=tmp_path / "out", split="train", dest=tmp_path / "sal-train"), False)

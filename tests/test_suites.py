@@ -12,9 +12,10 @@ import torch
 from click.testing import CliRunner
 
 from blendgen.datasets.classes import ClassSet
-from blendgen.shards import (
-    MANIFEST, Sample, ShardDir, ShardHeader, ShardWriter, encode_sample, manifest_dict, shard_name,
-)
+from blendgen.shards.directory import ShardDir
+from blendgen.shards.manifest import MANIFEST, manifest_dict, shard_name
+from blendgen.shards.schema import Sample, ShardHeader, encode_sample
+from blendgen.shards.writer import ShardWriter
 from cli import trainer as trainer_cli
 from trainer import checkpoint as ckpt_io
 from trainer.distributed import Dist

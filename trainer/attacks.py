@@ -507,7 +507,7 @@ def least_background(shards, share: float) -> list[tuple[int, int]]:
     """The ``share`` of a split's images with the smallest background fraction of their labelled
     pixels (R-Part: GD-UAP's partial data is "data with less background"; ranking by the
     fraction is ours, its list gives no rule). Ties keep the stored order. Reads labels only."""
-    from blendgen.shards import decode_label
+    from blendgen.shards.schema import decode_label
 
     background = np.array(shards.classes.background)
     ignore = shards.classes.ignore_index
@@ -564,7 +564,7 @@ def generate_uap(config: UapConfig) -> tuple[Path, dict]:
 
 
 def _open_split(config: UapConfig, ckpt: dict, split: str):
-    from blendgen.shards import ShardDir
+    from blendgen.shards.directory import ShardDir
 
     from . import checkpoint as ckpt_io
 

@@ -43,7 +43,7 @@ rebuilt on resume):
 
 Batching happens in the workers (the DataLoader runs with ``batch_size=None``), so a batch
 crosses the process boundary once, as a few large tensors. Each worker opens its own h5py
-handles lazily (:class:`blendgen.shards.ShardReader`); ``num_workers=0`` works the same in the
+handles lazily (:class:`blendgen.shards.reader.ShardReader`); ``num_workers=0`` works the same in the
 main process.
 """
 
@@ -58,7 +58,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from blendgen.shards import CorruptSample, ShardDir, ShardError
+from blendgen.shards.directory import ShardDir
+from blendgen.shards.schema import CorruptSample, ShardError
 
 from .transforms import collate, to_sample
 
@@ -313,7 +314,7 @@ def label_pixel_counts(shards: ShardDir, num_classes: int, ignore_index: int = 2
     """Over every sample's (dominant) label map: (pixels of each class, pixels of the images
     that hold each class), both (num_classes,) int64, for ``--class-weights median-freq``. Reads
     and decodes only the labels, once, in the training process."""
-    from blendgen.shards import decode_label
+    from blendgen.shards.schema import decode_label
 
     pixels = np.zeros(num_classes, np.int64)
     image_pixels = np.zeros(num_classes, np.int64)

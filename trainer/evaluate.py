@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from blendgen.datasets.classes import ClassSet
-from blendgen.shards import ShardDir
+from blendgen.shards.directory import ShardDir
 
 from . import checkpoint as ckpt_io
 from .data import ShardStream, make_loader, take_skipped

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from blendgen.shards import ShardDir
+from blendgen.shards.directory import ShardDir
 
 from .config import TrainConfig
 from .losses import ce_loss, mixup_loss, stage1_loss, stage2_loss

@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 
 
-LABEL_VALUES = 256  # label maps are uint8 ids 0..255 (blendgen.classes), stored here as int64
+LABEL_VALUES = 256  # label maps are uint8 ids 0..255 (blendgen.datasets.classes), stored here as int64
 GAMMA_DELTA = 0.9  # δ for a pair over the category threshold γ (IJCV Table 11, "γ-thres")
 
 

@@ -157,7 +157,8 @@ def wants_saliency(task: str, config) -> bool:
     """``trainer eval --task``: saliency when asked, or (auto) when the split's manifest says so."""
     if task != "auto":
         return task == TASK
-    from blendgen.shards import ShardDir, ShardError
+    from blendgen.shards.directory import ShardDir
+    from blendgen.shards.schema import ShardError
 
     try:
         return is_saliency(ShardDir.open(Path(config.shards) / config.split).manifest)
@@ -246,7 +247,7 @@ def evaluate_checkpoint_saliency(config) -> dict:
     from .distributed import cleanup, init_distributed
     from .evaluate import eval_head, eval_loader, make_report, model_from_checkpoint, report_dir, write_report
     from .metrics import ConfusionMatrix
-    from blendgen.shards import ShardDir
+    from blendgen.shards.directory import ShardDir
 
     d = init_distributed(config.device)
     try:

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from blendgen.datasets.classes import VOC, ClassSet
-from blendgen.shards import ShardDir
+from blendgen.shards.directory import ShardDir
 
 from . import checkpoint as ckpt_io
 from .attacks import FIT_MODES, PixelModel, apply_universal, fgsm, frozen, load_perturbation, pgd

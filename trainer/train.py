@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from blendgen.datasets.classes import ClassSet
 from blendgen.io import make_dir
-from blendgen.shards import ShardDir
+from blendgen.shards.directory import ShardDir
 
 from . import checkpoint as ckpt_io
 from .config import RESUMABLE_CHANGES, TrainConfig

@@ -219,7 +219,7 @@ _JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 def encoded_size(data: bytes) -> tuple[int, int] | None:
     """(W, H) read straight from a PNG's IHDR or a JPEG's start-of-frame segment, or None for
     anything else: what the shards hold, in ~1/20 of the time of PIL's lazy open (the trainer's
-    shard reader checks every sample it reads, :func:`blendgen.shards.size_problem`)."""
+    shard reader checks every sample it reads, :func:`blendgen.shards.reader.size_problem`)."""
     if data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) >= 24:
         return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     if data[:2] != b"\xff\xd8":

@@ -37,11 +37,14 @@ from typing import Callable, Iterator, Protocol
 import cv2
 from tqdm import tqdm
 
-from .io import exclusive_lock, make_dir, write_json
-from .shards import (
-    JPEG_CHROMA, MANIFEST, ShardError, ShardHeader, ShardReader, ShardWriter, check_complete_shard, manifest_dict,
-    merge_manifests, merge_part_manifests, part_manifest_name, shard_name, temp_paths, verify_shard,
+from ..io import exclusive_lock, make_dir, write_json
+from .manifest import (
+    MANIFEST, check_complete_shard, manifest_dict, merge_manifests, merge_part_manifests, part_manifest_name,
+    shard_name, temp_paths,
 )
+from .reader import ShardReader
+from .schema import JPEG_CHROMA, ShardError, ShardHeader, verify_shard
+from .writer import ShardWriter
 
 
 class SampleSource(Protocol):

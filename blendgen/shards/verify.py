@@ -22,10 +22,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .shards import (
-    MANIFEST, CorruptSample, ShardError, ShardReader, check_against_manifest, load_manifest, sha256_file,
-    verify_shard,
-)
+from .manifest import MANIFEST, check_against_manifest, load_manifest
+from .reader import ShardReader
+from .schema import ShardError, verify_shard
+from .writer import sha256_file
 
 # How many damaged samples a problem line names before it only counts.
 _NAMED = 3
@@ -122,7 +122,7 @@ def _check_shard_args(args) -> ShardResult:
 
 
 def writer_at_work(directory: Path) -> str | None:
-    """Who holds a part lock of ``directory`` (blendgen.runner's ``.lock-part-I-of-N``), or None.
+    """Who holds a part lock of ``directory`` (blendgen.shards.runner's ``.lock-part-I-of-N``), or None.
     A shared lock is taken and dropped at once: it fails only while a writer holds its own."""
     try:
         import fcntl
