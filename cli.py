@@ -13,9 +13,6 @@ from pathlib import Path
 
 import click
 
-from blendgen.datasets.registry import READERS
-
-DATASET_KINDS = list(READERS)  # a family that joins the registry is a --dataset choice with no edit here
 _python_formatwarning = warnings.formatwarning
 
 
@@ -33,6 +30,42 @@ warnings.formatwarning = _format_warning
 def _fail(exc: Exception) -> None:
     """Bad input ends the command with its one-line message, not a traceback."""
     raise click.ClickException(str(exc)) from None
+
+
+class _Registered(click.Choice):
+    """The names that the module owning them registers (dataset kinds, pairing strategies,
+    evaluation suites), looked up only when a command parses or shows its options: a name added
+    there is a choice here with no edit, and ``--help`` stays instant (trainer.suites imports torch)."""
+
+    def __init__(self, names):
+        self._names = names  # () -> the names, in the order --help lists them
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self._names())
+
+    @choices.setter
+    def choices(self, value) -> None:  # click.Choice.__init__ assigns its own; ours come from _names
+        pass
+
+
+def _dataset_kinds():
+    from blendgen.datasets.registry import READERS
+
+    return READERS
+
+
+def _strategies():
+    from blendgen.generation.plan import STRATEGIES
+
+    return STRATEGIES
+
+
+def _suites():
+    from trainer.suites import SUITES
+
+    return (*SUITES, "all")
 
 
 def _parse_options(pairs: tuple[str, ...]) -> dict:
@@ -111,7 +144,7 @@ def synth(out, seed, num_train, num_val, min_size, max_size, object_scale, worke
 
 
 @blendgen.command("build-clusters")
-@click.option("--dataset", type=click.Choice(DATASET_KINDS), default="voc", show_default=True,
+@click.option("--dataset", type=_Registered(_dataset_kinds), default="voc", show_default=True,
               help="Layout of the source dataset.")
 @click.option("--root", type=click.Path(path_type=Path), required=True,
               help="Dataset root (the VOC2012 folder; the COCO folder; the images/masks folder).")
@@ -139,8 +172,8 @@ def build_clusters(dataset, root, split, out, workers, no_check_images, options,
     Example:
       blendgen build-clusters --dataset voc --root data/demo-voc --split train --out out/ --workers 2
     """
-    from blendgen.clusters import ClusterConfig, build_clusters as run
     from blendgen.datasets.files import DatasetError
+    from blendgen.generation.clusters import ClusterConfig, build_clusters as run
 
     try:
         config = ClusterConfig(dataset=dataset, root=root, split=split, out=out, workers=workers,
@@ -187,13 +220,10 @@ def _classes_per_image_line(histogram: list[int]) -> str:
     return line
 
 
-MIX_STRATEGIES = ["clustered", "random", "within", "random-fixed", "half"]  # blendgen.plan.STRATEGIES
-
-
 def _delta_option(ctx, param, value):
     if value is None:
         return None
-    from blendgen.plan import parse_delta
+    from blendgen.generation.plan import parse_delta
 
     try:
         return parse_delta(value)
@@ -246,7 +276,7 @@ def _report_run(result, what: str) -> None:
 @blendgen.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out"), show_default=True,
               help="The build-clusters output directory; shards go to OUT/mixed.")
-@click.option("--strategy", type=click.Choice(MIX_STRATEGIES), default="clustered", show_default=True,
+@click.option("--strategy", type=_Registered(_strategies), default="clustered", show_default=True,
               help="Pairing: clustered = C_fb (the method); random = R_fb, within = Ca_fb, "
                    "random-fixed = WR_fb, half = M_fb (BMVC Table 5a ablations).")
 @click.option("--delta", default=None, callback=_delta_option, metavar="LO:HI|V",
@@ -279,11 +309,12 @@ def mix(out, strategy, delta, seed, pairs, dest, max_samples, task, shard_size, 
       blendgen mix --out out/ --max-samples 20000   # a seeded subsample of a large plan
       blendgen mix --out out-sod/ --task saliency   # SourceSep-CC on a saliency set
     """
-    from blendgen.mix import MixConfig, merge as merge_run, mix as run
+    from blendgen.generation.mix import merge as merge_run, mix as run
+    from blendgen.generation.sources import MixConfig
     from blendgen.shards.runner import WriteOptions
 
     if task == "saliency":
-        from blendgen.saliency import saliency_mix as run
+        from blendgen.generation.saliency import saliency_mix as run
 
     try:
         config = MixConfig(out=out, strategy=strategy, delta=delta, seed=seed, pairs=pairs, dest=dest,
@@ -326,7 +357,8 @@ def pack(out, split, dest, task, root, shard_size, workers, part, jpeg_quality, 
       blendgen pack --out out/ --split val
       blendgen pack --out out-sod/ --split val --task saliency --root data/ECSSD
     """
-    from blendgen.pack import PackConfig, merge as merge_run, pack as run
+    from blendgen.generation.pack import merge as merge_run, pack as run
+    from blendgen.generation.sources import PackConfig
     from blendgen.shards.runner import WriteOptions
 
     if root is not None and task != "saliency":
@@ -336,7 +368,7 @@ def pack(out, split, dest, task, root, shard_size, workers, part, jpeg_quality, 
         write = WriteOptions(shard_size=shard_size, workers=workers, part=part, image_quality=jpeg_quality,
                              image_chroma=chroma)
         if task == "saliency":
-            from blendgen.saliency import SaliencyPackConfig, saliency_pack as run
+            from blendgen.generation.saliency import SaliencyPackConfig, saliency_pack as run
 
             config = SaliencyPackConfig(out=out, split=split, root=root, dest=dest, write=write)
         else:
@@ -704,7 +736,7 @@ def run_(shards, preset, no_ssh, no_denoise, resume, quiet, **options):
               help="Report directory. Default: eval-<checkpoint>-<split>/ beside the checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--suite", "suites", multiple=True, default=("overall",), show_default=True,
-              type=click.Choice(["overall", "complex", "context", "adversarial", "blur", "all"]),
+              type=_Registered(_suites),
               help="Evaluation suite(s) of the papers, repeatable (docs/evaluation.md); anything beyond "
                    "overall writes suites.json, suites.md and plots.")
 @click.option("--person", default="person", show_default=True, help="context: Table 5's anchor class.")

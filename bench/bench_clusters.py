@@ -26,9 +26,9 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from blendgen.clusters import ClusterConfig, build_clusters, scan_class_sets  # noqa: E402
 from blendgen.datasets.files import read_label_png  # noqa: E402
 from blendgen.datasets.registry import open_reader  # noqa: E402
+from blendgen.generation.clusters import ClusterConfig, build_clusters, scan_class_sets  # noqa: E402
 from tests.voc_fixture import write_palette_png  # noqa: E402
 
 

@@ -36,11 +36,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from blendgen.blend import blend_pair  # noqa: E402
-from blendgen.clusters import ClusterConfig, build_clusters  # noqa: E402
-from blendgen.datasets.registry import open_reader  # noqa: E402
-from blendgen.mix import MixConfig, MixSource, mix, mix_header, plan_for, reopen_source  # noqa: E402
-from blendgen.pack import PackConfig, pack  # noqa: E402
+from blendgen.datasets.registry import open_reader, reopen_source  # noqa: E402
+from blendgen.generation.blend import blend_pair  # noqa: E402
+from blendgen.generation.clusters import ClusterConfig, build_clusters  # noqa: E402
+from blendgen.generation.mix import mix  # noqa: E402
+from blendgen.generation.pack import pack  # noqa: E402
+from blendgen.generation.sources import MixConfig, MixSource, PackConfig, mix_header, plan_for  # noqa: E402
 from blendgen.shards.directory import ShardDir  # noqa: E402
 from blendgen.shards.reader import ShardReader  # noqa: E402
 from blendgen.shards.runner import WriteOptions  # noqa: E402
@@ -143,7 +144,7 @@ def wall_timed(fn, *args, **kwargs) -> tuple[float, object]:
 # -- 1. storage options -------------------------------------------------------------------------
 def blended_samples(out: Path, limit: int, seed: int = 0) -> list[Sample]:
     """The first ``limit`` samples of the clustered plan, blended exactly (not yet encoded)."""
-    from blendgen.clusters import ClusterIndex
+    from blendgen.generation.clusters import ClusterIndex
 
     index = ClusterIndex.load(out)
     config = MixConfig(out=out, seed=seed)
@@ -234,7 +235,7 @@ def codec_floor(out: Path, limit: int) -> dict:
     """Samples/s of decoding the inputs and encoding the outputs of the first ``limit`` plan
     rows, and nothing else: per row the phantom's image and label, the dominant's only when it
     changes (as mix does; 'naive' decodes both every row), one JPEG and two PNG encodes."""
-    from blendgen.clusters import ClusterIndex
+    from blendgen.generation.clusters import ClusterIndex
 
     index = ClusterIndex.load(out)
     plan = plan_for(index, MixConfig(out=out))
@@ -270,7 +271,7 @@ def mix_rate(out: Path, dest: Path, workers: int, shard_size: int) -> dict:
 
 def mix_profile(out: Path, limit: int) -> dict:
     """Seconds per sample of each step of mix, in process (where the time goes)."""
-    from blendgen.clusters import ClusterIndex
+    from blendgen.generation.clusters import ClusterIndex
 
     index = ClusterIndex.load(out)
     config = MixConfig(out=out)
@@ -366,7 +367,7 @@ def main(argv=None) -> int:
     report["storage"] = {}
     for name, out in outs.items():
         samples = blended_samples(out, args.storage_samples)
-        from blendgen.clusters import ClusterIndex
+        from blendgen.generation.clusters import ClusterIndex
 
         index = ClusterIndex.load(out)
         plan = plan_for(index, MixConfig(out=out))

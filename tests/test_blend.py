@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from blendgen.blend import blend_images, blend_pair, resize_pair
+from blendgen.generation.blend import blend_images, blend_pair, resize_pair
 
 
 def reference_blend(a: np.ndarray, b: np.ndarray, delta: float) -> np.ndarray:

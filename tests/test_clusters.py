@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blendgen.clusters import ClusterConfig, ClusterIndex, build_clusters, cooccurrence_from_presence
 from blendgen.datasets.classes import VOC
 from blendgen.datasets.files import DatasetError
+from blendgen.generation.clusters import ClusterConfig, ClusterIndex, build_clusters, cooccurrence_from_presence
 from voc_fixture import label_with_classes, write_voc
 
 

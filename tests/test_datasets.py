@@ -18,12 +18,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from blendgen.clusters import ClusterConfig, build_clusters, clustered_samples_per_image, expected_mix
 from blendgen.datasets.classes import CITYSCAPES_CLASSES, VOC
 from blendgen.datasets.files import DatasetError, DatasetWarning
-from blendgen.datasets.registry import open_reader
-from blendgen.mix import reopen_source
-from blendgen.plan import make_plan
+from blendgen.datasets.registry import open_reader, reopen_source
+from blendgen.generation.clusters import ClusterConfig, build_clusters, clustered_samples_per_image, expected_mix
+from blendgen.generation.plan import make_plan
 from cli import blendgen
 
 IGNORE = 255

@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from blendgen.clusters import ClusterConfig, build_clusters
+from blendgen.generation.clusters import ClusterConfig, build_clusters
+from blendgen.generation.mix import mix
+from blendgen.generation.sources import MixConfig
 from blendgen.io import exclusive_lock
-from blendgen.mix import MixConfig, mix
 from blendgen.shards.directory import ShardDir
 from blendgen.shards.manifest import MANIFEST
 from blendgen.shards.reader import ShardReader

@@ -18,12 +18,13 @@ from click.testing import CliRunner
 
 from cli import blendgen
 
-from blendgen.blend import blend_pair
-from blendgen.clusters import ClusterConfig, ClusterIndex, build_clusters
 from blendgen.datasets.files import DatasetError
 from blendgen.datasets.registry import open_reader
-from blendgen.mix import MixConfig, merge, mix
-from blendgen.plan import parse_delta, row_key
+from blendgen.generation.blend import blend_pair
+from blendgen.generation.clusters import ClusterConfig, ClusterIndex, build_clusters
+from blendgen.generation.mix import merge, mix
+from blendgen.generation.plan import parse_delta, row_key
+from blendgen.generation.sources import MixConfig
 from blendgen.shards.directory import ShardDir
 from blendgen.shards.reader import ShardReader
 from blendgen.shards.runner import WriteOptions

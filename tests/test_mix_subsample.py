@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from blendgen.clusters import ClusterIndex
-from blendgen.plan import make_plan, row_key
+from blendgen.generation.clusters import ClusterIndex
+from blendgen.generation.plan import make_plan, row_key
 from blendgen.shards.schema import ShardError, verify_shard
 from cli import blendgen
 from test_mix import BLENDGEN, all_samples, file_digests, make_clusters, run_mix

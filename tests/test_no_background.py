@@ -12,9 +12,10 @@ import cv2
 import numpy as np
 from click.testing import CliRunner
 
-from blendgen.clusters import ClusterConfig, build_clusters
-from blendgen.mix import MixConfig, mix
-from blendgen.pack import PackConfig, pack
+from blendgen.generation.clusters import ClusterConfig, build_clusters
+from blendgen.generation.mix import mix
+from blendgen.generation.pack import pack
+from blendgen.generation.sources import MixConfig, PackConfig
 from blendgen.shards.directory import ShardDir
 from blendgen.shards.runner import WriteOptions
 from cli import trainer as trainer_cli

@@ -11,9 +11,10 @@ import h5py
 import numpy as np
 import pytest
 
-from blendgen.clusters import ClusterConfig, ClusterIndex, build_clusters
 from blendgen.datasets.files import DatasetError
-from blendgen.pack import PackConfig, pack
+from blendgen.generation.clusters import ClusterConfig, ClusterIndex, build_clusters
+from blendgen.generation.pack import pack
+from blendgen.generation.sources import PackConfig
 from blendgen.shards.directory import ShardDir
 from blendgen.shards.reader import ShardReader
 from blendgen.shards.runner import WriteOptions

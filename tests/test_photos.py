@@ -143,8 +143,9 @@ def test_pipeline_script_refuses_a_missing_split(camvid_like, tmp_path):
 
 
 def test_median_frequency_class_weights_come_from_the_training_labels(camvid_like, tmp_path):
-    from blendgen.clusters import ClusterConfig, build_clusters
-    from blendgen.pack import PackConfig, pack
+    from blendgen.generation.clusters import ClusterConfig, build_clusters
+    from blendgen.generation.pack import pack
+    from blendgen.generation.sources import PackConfig
     from trainer.data import label_pixel_counts
     from trainer.losses import median_frequency_weights
     from trainer.train import run

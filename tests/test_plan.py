@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from blendgen.plan import DeltaSpec, make_plan, parse_delta, pick_excluding, row_key
+from blendgen.generation.plan import DeltaSpec, make_plan, parse_delta, pick_excluding, row_key
 
 
 def presence_matrix(clusters: list[list[int]], n: int) -> np.ndarray:

@@ -214,9 +214,9 @@ def test_layout_errors_name_the_folder(tmp_path):
 # -- pseudo-label class sets: clusters, shards, pairing -------------------------------------------------
 import h5py
 
-from blendgen.clusters import ClusterConfig, build_clusters
-from blendgen.mix import MixConfig
-from blendgen.saliency import SaliencyPackConfig, saliency_mix, saliency_pack
+from blendgen.generation.clusters import ClusterConfig, build_clusters
+from blendgen.generation.saliency import SaliencyPackConfig, saliency_mix, saliency_pack
+from blendgen.generation.sources import MixConfig
 from blendgen.shards.directory import ShardDir
 from blendgen.shards.runner import WriteOptions
 
@@ -235,7 +235,7 @@ def clustered(tmp_path) -> tuple[Path, list[str]]:
 
 
 def test_build_clusters_reads_pseudo_labels_as_the_class_sets(clustered):
-    from blendgen.clusters import ClusterIndex
+    from blendgen.generation.clusters import ClusterIndex
 
     tmp_path, ids = clustered
     index = ClusterIndex.load(tmp_path / "out")

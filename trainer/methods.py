@@ -111,7 +111,7 @@ def batch_generator(seed: int, rank: int, stage: int, epoch: int, batch: int, de
 
 def to_pixels(image: Tensor) -> Tensor:
     """Blended float pixels back to uint8, rounded (ours): what ``normalize`` takes, and what
-    SourceSep-CC's offline blends are too (``blendgen.blend`` rounds before encoding)."""
+    SourceSep-CC's offline blends are too (``blendgen.generation.blend`` rounds before encoding)."""
     return image.round_().clamp_(0, 255).to(torch.uint8)
 
 

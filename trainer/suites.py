@@ -177,7 +177,7 @@ def training_cooccurrence(root: Path, val: ShardDir) -> np.ndarray:
     the val manifest, else ``ROOT/clusters.npz``; (N, N) over ``classes.object_ids``."""
     C = val.cooccurrence
     if C is None and (root / "clusters.npz").is_file():
-        from blendgen.clusters import ClusterIndex
+        from blendgen.generation.clusters import ClusterIndex
 
         C = ClusterIndex.load(root).cooccurrence
     if C is None:

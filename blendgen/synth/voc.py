@@ -5,7 +5,7 @@
     make_synthetic_voc(SynthConfig(out=Path("data/synth-voc"), seed=0, num_train=400, num_val=120))
 
 or ``blendgen synth --out data/synth-voc --seed 0 --train 400 --val 120``. The result is read by
-:class:`blendgen.readers.VOCReader` like the real thing::
+:class:`blendgen.datasets.voc.VOCReader` like the real thing::
 
     out/JPEGImages/2026_000001.jpg          RGB, JPEG quality 90
     out/SegmentationClass/2026_000001.png   palette PNG: 0 background, 1..20 VOC classes, 255 void

@@ -26,14 +26,14 @@ from typing import Iterator
 
 import numpy as np
 
+from ..datasets.files import DatasetError
+from ..datasets.registry import reopen_source
+from ..datasets.saliency import SALIENCY, SaliencyReader
+from ..io import make_dir
+from ..shards.runner import RunResult, write_shards
+from ..shards.schema import Sample, ShardHeader
 from .clusters import ClusterIndex
-from .datasets.files import DatasetError
-from .datasets.saliency import SALIENCY, SaliencyReader
-from .io import make_dir
-from .mix import MixConfig, MixSource, mix_header, plan_for, reopen_source
-from .pack import PackConfig, PackSource
-from .shards.runner import RunResult, write_shards
-from .shards.schema import Sample, ShardHeader
+from .sources import MixConfig, MixSource, PackConfig, PackSource, mix_header, plan_for
 
 TASK = "saliency"  # the manifest's "task"; trainer.saliency.TASK reads it
 

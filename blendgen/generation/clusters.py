@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import __version__
-from .datasets.base import Reader
-from .datasets.classes import ClassSet, check_label_values
-from .datasets.files import DatasetError
-from .datasets.registry import open_reader
-from .io import atomic_path, make_dir, save_figure, write_json
+from .. import __version__
+from ..datasets.base import Reader
+from ..datasets.classes import ClassSet, check_label_values
+from ..datasets.files import DatasetError
+from ..datasets.registry import open_reader
+from ..io import atomic_path, make_dir, save_figure, write_json
 
 FORMAT_VERSION = 1
 
@@ -205,7 +205,7 @@ def clustered_samples_per_image(presence: np.ndarray) -> np.ndarray:
     """(n,) rows the clustered plan (C_fb) gives each image as the dominant, without making it.
 
     Image a is paired, for every cluster k it is in and every other cluster j, with a phantom
-    from j other than a itself (:func:`blendgen.plan.clustered_rows`); the pair is skipped when
+    from j other than a itself (:func:`blendgen.generation.plan.clustered_rows`); the pair is skipped when
     j holds no other image. So a gets ``sum over k in U_a of #{j != k: |j| - [a in j] > 0}``."""
     presence = np.asarray(presence, dtype=bool)
     usable = (presence.sum(axis=0)[None, :] - presence) > 0  # (n, N): cluster j has a phantom for a

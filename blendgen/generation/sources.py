@@ -1,18 +1,16 @@
-"""``blendgen mix``: the offline blended dataset (BMVC 3.1 C_fb and the Table 5a ablations).
+"""What ``mix`` and ``pack`` write, as sample sources (:class:`blendgen.shards.runner.SampleSource`):
+a plan's blends and a split's standard images, with the configs and shard headers they are written
+under.
 
-Reads what ``build-clusters`` wrote to ``OUT`` (the clusters and the source dataset's
-description), makes the plan (:mod:`blendgen.plan`), blends every planned pair
-(:mod:`blendgen.blend`) and writes ``OUT/mixed``: HDF5 shards and ``manifest.json``
-(:mod:`blendgen.shards`), with parts, workers and resume from :mod:`blendgen.runner`.
-
-Each sample holds the blended image, the dominant label G_a, the phantom label G_b at the
-dominant's size, δ, both source ids, both class sets and the cluster pair (k, j). The strategy,
-δ spec, seed, plan fingerprint and shard size are recorded in every shard and the manifest:
-they alone determine the output, so a rerun with other values refuses to mix into it.
+The commands open their inputs and hand a source to the runner: :mod:`blendgen.generation.mix` and
+:mod:`blendgen.generation.pack` for segmentation, :mod:`blendgen.generation.saliency` for the
+saliency task, which subclasses these sources (masks as the label maps) instead of calling the
+segmentation commands.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,16 +19,17 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from ..datasets.base import Reader
+from ..datasets.classes import ClassSet
+from ..datasets.files import DatasetError
+from ..shards.runner import WriteOptions
+from ..shards.schema import Sample, ShardError, ShardHeader, decode_image, encode_sample
 from .blend import blend_pair
 from .clusters import ClusterIndex
-from .datasets.base import Reader
-from .datasets.classes import ClassSet
-from .datasets.files import DatasetError
-from .datasets.registry import open_reader
-from .plan import STRATEGIES, DeltaSpec, Plan, make_plan, parse_delta, row_key
-from .shards.runner import RunResult, WriteOptions, merge_parts, write_shards
-from .shards.schema import Sample, ShardHeader, encode_sample
+from .plan import PAIRED, STRATEGIES, DeltaSpec, Plan, make_plan, parse_delta, row_key
 
+
+# -- mix: a plan's blends -----------------------------------------------------------------------
 MIXED_DIR = "mixed"
 
 
@@ -43,7 +42,7 @@ class MixConfig:
     pairs: int | None = None  # random, random-fixed, half: pairs per image (None: paper value)
     write: WriteOptions = WriteOptions()
     dest: Path | None = None
-    max_samples: int | None = None  # a seeded subsample of the plan (blendgen.plan.subsample_rows)
+    max_samples: int | None = None  # a seeded subsample of the plan (blendgen.generation.plan.subsample_rows)
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -54,24 +53,15 @@ class MixConfig:
             raise ValueError(f"seed: must be >= 0, got {self.seed}")
         if self.pairs is not None and self.pairs < 1:
             raise ValueError(f"pairs: must be >= 1, got {self.pairs}")
-        if self.pairs is not None and self.strategy not in ("random", "random-fixed", "half"):
-            raise ValueError(f"pairs: only the random, random-fixed and half strategies take a pair count, not {self.strategy}")
+        if self.pairs is not None and self.strategy not in PAIRED:
+            raise ValueError(f"pairs: only the {', '.join(PAIRED[:-1])} and {PAIRED[-1]} strategies take a pair count, "
+                             f"not {self.strategy}")
         if self.max_samples is not None and self.max_samples < 1:
             raise ValueError(f"max_samples: must be >= 1, got {self.max_samples}")
 
     @property
     def directory(self) -> Path:
         return Path(self.dest) if self.dest is not None else Path(self.out) / MIXED_DIR
-
-
-def reopen_source(source: dict, split: str | None = None) -> Reader:
-    """The reader ``build-clusters`` used, from its recorded description (optionally for
-    another split of the same dataset)."""
-    try:
-        kind, root = source["kind"], source["root"]
-    except KeyError as exc:
-        raise DatasetError(f"dataset.json: source description lacks {exc}") from None
-    return open_reader(kind, root, split or source.get("split", "train"), **source.get("options", {}))
 
 
 class MixSource:
@@ -159,18 +149,74 @@ def plan_for(index: ClusterIndex, config: MixConfig) -> Plan:
     return make_plan(index.presence, config.strategy, config.delta, config.seed, config.pairs, config.max_samples)
 
 
-def mix(config: MixConfig, progress: bool = True) -> tuple[RunResult, Plan]:
-    """Plan, blend and write this part's shards; merge the manifest when every part is done."""
-    index = ClusterIndex.load(config.out)
-    plan = plan_for(index, config)
-    if len(plan) == 0:
-        raise ValueError(f"strategy {config.strategy}: the plan is empty (skipped: {plan.skipped})")
-    reader = reopen_source(index.source)
-    source = MixSource(index, plan, reader, mix_header(index, config, plan))
-    result = write_shards(source, config.directory, config.write, cooccurrence=index.cooccurrence,
-                          extra={"plan": plan.summary()}, progress=progress, desc=f"mixing {config.strategy}")
-    return result, plan
+# -- pack: a split's standard images ----------------------------------------------------------
+@dataclass(frozen=True)
+class PackConfig:
+    out: Path  # build-clusters output; the shards go to out/<split> unless ``dest`` is given
+    split: str = "train"
+    write: WriteOptions = WriteOptions()
+    dest: Path | None = None
+
+    def __post_init__(self):
+        if not self.split or "/" in self.split or self.split.startswith("."):
+            raise ValueError(f"split: expected a split name such as train or val, got {self.split!r}")
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.dest) if self.dest is not None else Path(self.out) / self.split
 
 
-def merge(config: MixConfig) -> dict:
-    return merge_parts(config.directory)
+class PackSource:
+    """The split's images in reader order, one standard sample each."""
+
+    def __init__(self, reader: Reader, header: ShardHeader):
+        self.reader = reader
+        self.ids = reader.ids()
+        self.header = header
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def keys(self, start: int, stop: int) -> list[str]:
+        return list(self.ids[start:stop])
+
+    def records(self, start: int, stop: int) -> Iterator[dict]:
+        for sample in self.samples(start, stop):
+            yield encode_sample(sample, self.header, image_bytes=self.source_jpeg(sample))
+
+    def source_jpeg(self, sample: Sample) -> np.ndarray | None:
+        """The source file's bytes when it is a JPEG that decodes to exactly the reader's image
+        (ours: standard images are stored verbatim, so evaluation sees the dataset's own pixels
+        and nothing is compressed twice); None otherwise, and the image is encoded."""
+        data = np.fromfile(self.reader.image_path(sample.dominant_id), dtype=np.uint8)
+        if data[:3].tobytes() != b"\xff\xd8\xff":
+            return None
+        try:
+            same = np.array_equal(decode_image(data), sample.image)
+        except ShardError:
+            return None
+        return data if same else None
+
+    def samples(self, start: int, stop: int) -> Iterator[Sample]:
+        for image_id in self.ids[start:stop]:
+            try:
+                image, label = self.reader.read_pair(image_id)
+                objects = self.reader.objects(image_id)
+            except OSError as exc:
+                raise DatasetError(f"{self.reader.image_path(image_id)}: cannot read ({exc})") from None
+            yield Sample(
+                key=image_id, image=image, label=label, phantom_label=None, delta=1.0, dominant_id=image_id,
+                dominant_classes=label_classes(label, self.reader.classes),
+                instances=-1 if objects is None else len(objects),
+                occluded=() if objects is None else tuple(o.occluded for o in objects),
+            )
+
+
+def pack_header(index: ClusterIndex, reader: Reader, config: PackConfig) -> ShardHeader:
+    ids_digest = hashlib.sha256("\n".join(reader.ids()).encode()).hexdigest()
+    generation = {"command": "pack", "shard_size": config.write.shard_size, "ids_sha256": ids_digest,
+                  "image_bytes": "source JPEG verbatim; other formats encoded with image_codec/quality"}
+    return ShardHeader(kind="standard", classes=index.classes, split=config.split,
+                       source=json.loads(json.dumps(reader.description)), generation=generation,
+                       image_codec="jpeg", image_quality=config.write.image_quality,
+                       image_chroma=config.write.image_chroma)

@@ -108,6 +108,10 @@ def default_pairs(strategy: str) -> int | None:
     return {"random": RANDOM_PAIRS, "random-fixed": RANDOM_PAIRS, "half": HALF_PAIRS}.get(strategy)
 
 
+# The strategies that pair each image a number of times (``pairs``); the others pair by clusters.
+PAIRED = tuple(s for s in STRATEGIES if default_pairs(s) is not None)
+
+
 # -- the plan -----------------------------------------------------------------------------------
 @dataclass
 class Plan:
@@ -183,7 +187,7 @@ def make_plan(presence: np.ndarray, strategy: str = "clustered", delta: DeltaSpe
     if max_samples is not None:
         rows = subsample_rows(rows, max_samples, seed)
     return Plan(rows=rows, strategy=strategy, delta=delta, seed=seed,
-                pairs=pairs if strategy in ("random", "random-fixed", "half") else None, skipped=skipped,
+                pairs=pairs if strategy in PAIRED else None, skipped=skipped,
                 max_samples=max_samples, planned=planned if max_samples is not None else None)
 
 
