@@ -22,10 +22,11 @@ from trainer.distributed import Dist
 from trainer.evaluate import Subsets, eval_loader, evaluate_pass, per_image_confusion
 from trainer.metrics import ConfusionMatrix
 from trainer.model import ModelConfig, build_model
-from trainer.suites import (
-    ImageInfo, SuiteConfig, complex_subsets, context_subsets, expand_suites, person_id, person_partners, rarity_subsets,
-    read_image_infos, suite_markdown, unknown_annotations,
+from trainer.subsets import (
+    ImageInfo, complex_subsets, context_subsets, person_id, person_partners, rarity_subsets, read_image_infos,
+    unknown_annotations,
 )
+from trainer.suites import SuiteConfig, expand_suites, suite_markdown
 
 from conftest import COLOURS
 
@@ -65,7 +66,7 @@ def test_complex_subsets_are_table_4s():
 
 def test_table5_partners_are_the_papers_five_on_voc_and_derived_elsewhere():
     from blendgen.datasets.classes import VOC
-    from trainer.suites import table5_partners
+    from trainer.subsets import table5_partners
 
     voc_c = np.zeros((20, 20), np.int64)
     person = VOC.names.index("person")
