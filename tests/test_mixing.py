@@ -7,7 +7,13 @@ import torch
 from blendgen.datasets.classes import VOC
 from trainer.losses import mixup_loss
 from trainer.mixing import (
-    class_presence, cooccurrence_mix, cooccurrence_pairing, cutmix, cutmix_box, mixup, sample_beta,
+    class_presence,
+    cooccurrence_mix,
+    cooccurrence_pairing,
+    cutmix,
+    cutmix_box,
+    mixup,
+    sample_beta,
 )
 
 IGNORE = 255

@@ -20,9 +20,8 @@ from blendgen.datasets.files import DatasetError
 from cli import trainer as trainer_cli
 from trainer import checkpoint as ckpt_io
 from trainer.model import ModelConfig, build_model
-from trainer.predict import (
-    PredictConfig, Predictor, PseudoLabelConfig, predict_images, tile_starts, write_pseudo_labels,
-)
+from trainer.predict import (PredictConfig, Predictor, PseudoLabelConfig, predict_images, tile_starts,
+                             write_pseudo_labels)
 
 from conftest import TINY_CLASSES
 
