@@ -196,7 +196,7 @@ def batch_mixer(config: TrainConfig, stage: int, shards: ShardDir, device: torch
     cooc = shards.cooccurrence  # IJCV Algorithm 1, computed by build-clusters, carried by every manifest
     if cooc is None:
         raise ValueError(f"method: {config.method} needs a co-occurrence matrix; {shards.path}/manifest.json has none")
-    # Saliency shards (blendgen saliency-pack) pair by pseudo-label classes, a label space of their own.
+    # Saliency shards (blendgen pack --task saliency) pair by pseudo-label classes, a label space of their own.
     saliency = shards.manifest.get("pairing")
     object_ids = saliency["object_ids"] if saliency else shards.manifest["object_ids"]
     pairing = dict(cooc=torch.as_tensor(cooc, dtype=torch.float64, device=device),

@@ -8,7 +8,7 @@ the evaluation pass and the report's Table 7.
     scores = meter.compute()      # {"max_fbeta", "mean_fbeta", "mae", "precision", "recall", "fbeta", ...}
 
 A saliency split is a shard directory of two classes, background (0) and salient (1), written by
-``blendgen saliency-pack`` (its manifest says ``"task": "saliency"``). The network is the
+``blendgen pack --task saliency`` (its manifest says ``"task": "saliency"``). The network is the
 segmentation network with two output classes; its saliency map is the softmax probability of
 "salient".
 
@@ -149,7 +149,7 @@ def saliency_map(logits: Tensor) -> Tensor:
 
 
 def is_saliency(manifest: dict) -> bool:
-    """Whether a shard directory holds saliency masks (``blendgen saliency-pack`` wrote it)."""
+    """Whether a shard directory holds saliency masks (``blendgen pack --task saliency`` wrote it)."""
     return manifest.get("task") == TASK
 
 
@@ -256,7 +256,7 @@ def evaluate_checkpoint_saliency(config) -> dict:
         classes = shards.classes
         if classes.num_classes != 2:
             raise ValueError(f"task saliency: {shards.path} has {classes.num_classes} classes {list(classes.names)}, "
-                             f"not background and salient (write it with blendgen saliency-pack)")
+                             f"not background and salient (write it with blendgen pack --task saliency)")
         ckpt_io.check_compatible(ckpt, config.checkpoint, classes=classes)
         model = model_from_checkpoint(ckpt, d.device)
         head = eval_head(model, ckpt["stage"], config.head)
