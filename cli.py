@@ -644,9 +644,11 @@ def _train_errors():
                    "corrupt_skipped and printed at the end).  [default: stop]")
 @click.option("--seed", type=int, default=None, help="Seeds weights, data order and augmentation.  [default: 0]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
-              help="auto = CUDA (bf16 autocast, channels_last) when present, else CPU.  [default: auto]")
+              help="auto = CUDA when present, else CPU (--amp says how either computes).  [default: auto]")
 @click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "none"]), default=None,
-              help="Autocast: auto = bf16 on CUDA, none (fp32) on CPU; fp16 adds a grad scaler.  [default: auto]")
+              help="Autocast: auto = bf16 (with channels_last) where the device computes it natively (CUDA; "
+                   "CPUs with AVX512-BF16 or AMX: 1.6x faster steps, docs/performance.md), else none (fp32); "
+                   "fp16 adds a grad scaler.  [default: auto]")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU threads of the training process. Default: torch's (all cores).")
 @click.option("--sync-bn/--no-sync-bn", default=None,

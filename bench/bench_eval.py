@@ -32,6 +32,7 @@ from trainer import checkpoint as ckpt_io  # noqa: E402
 from trainer.attacks import PixelModel, frozen, pgd  # noqa: E402
 from trainer.distributed import Dist, resolve_device  # noqa: E402
 from trainer.evaluate import eval_head, eval_loader, evaluate_pass, model_from_checkpoint  # noqa: E402
+from trainer.precision import resolve_precision  # noqa: E402
 from trainer.model import ModelConfig, build_model  # noqa: E402
 
 
@@ -78,11 +79,11 @@ def main() -> None:
     shards = ShardDir.open(Path(args.shards) / "val")
     classes = shards.classes
     model, head = load_model(args, classes.num_classes, device)
-    amp = torch.bfloat16 if device.type == "cuda" else None
+    precision = resolve_precision("auto", device)
+    model = precision.prepare_model(model)
     if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
-    pm = PixelModel(model, head, amp)
+    pm = PixelModel(model, head, precision)
     K, ignore = classes.num_classes, classes.ignore_index
     batches = cached_batches(eval_loader(shards, args.eval_crop, args.batch_size, 0, d), args.images)
     n = sum(len(b["label"]) for b in batches)
@@ -108,7 +109,7 @@ def main() -> None:
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
         "model": args.checkpoint or f"{args.backbone} (random init)", "eval_crop": args.eval_crop,
-        "batch_size": args.batch_size, "images": n, "rounds": args.rounds, "amp": str(amp),
+        "batch_size": args.batch_size, "images": n, "rounds": args.rounds, "amp": precision.name,
         "clean_images_per_s": round(n / clean, 2), f"pgd{args.pgd_steps}_images_per_s": round(n / attacked, 3),
         f"pgd{args.pgd_steps}_over_clean": round(attacked / clean, 2),
         "clean_end_to_end_images_per_s": round(end_to_end, 2), "end_to_end_images": full.images,

@@ -58,6 +58,7 @@ from trainer.distributed import Dist  # noqa: E402
 from trainer.evaluate import eval_loader, evaluate_pass  # noqa: E402
 from trainer.losses import ce_loss, stage1_loss  # noqa: E402
 from trainer.model import ModelConfig, build_model  # noqa: E402
+from trainer.precision import resolve_precision  # noqa: E402
 from trainer.transforms import normalize  # noqa: E402
 
 # Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's datasheets, FLOP/s.
@@ -351,9 +352,8 @@ def eval_speed(c: Check) -> dict:
     K, ignore = shards.classes.num_classes, shards.classes.ignore_index
     torch.manual_seed(0)
     model = build_model(ModelConfig(num_classes=K, backbone=s["backbone"], output_stride=16)).to(c.device).eval()
-    if c.cuda:
-        model = model.to(memory_format=torch.channels_last)
-    pm = PixelModel(model, "t", torch.bfloat16 if c.cuda else None)
+    precision = resolve_precision("auto", c.device)
+    pm = PixelModel(precision.prepare_model(model), "t", precision)
     d = Dist(rank=0, world_size=1, local_rank=0, device=c.device)
     loader = eval_loader(shards, s["eval_crop"], s["eval_batch"], min(c.workers, 4), d)
     batches = list(loader)  # decoded once, so both passes time the model only

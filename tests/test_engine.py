@@ -18,6 +18,7 @@ from cli import trainer as trainer_cli
 from trainer import checkpoint as ckpt_io
 from trainer import losses
 from trainer.config import PRESETS, TrainConfig
+from trainer.precision import resolve_precision
 from trainer.train import TrainingDiverged, run
 
 from conftest import write_shard_dir
@@ -65,6 +66,7 @@ def test_run_writes_config_checkpoints_metrics_and_report(finished_run):
     saved = json.loads((run_dir / "report.json").read_text())
     assert list(saved["per_class_iou"]) == ["background", "disc", "bar", "box"]
     assert saved["head"] == "t" and 0 <= saved["miou"] <= 1 and 0 <= saved["pixel_acc"] <= 1
+    assert saved["precision"] == resolve_precision("auto", torch.device("cpu")).name  # --amp auto, resolved
     assert saved["miou"] == report["miou"] == saved["by_head"]["t"]["miou"]
     assert val[-1]["val_miou_t"] == pytest.approx(saved["miou"], abs=1e-6)  # metrics.jsonl rounds to 6 digits
     assert set(saved["by_head"]) == {"t", "ss"}

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from blendgen.shards.directory import ShardDir
 from cli import trainer as trainer_cli
 from trainer.config import METHODS, TrainConfig
+from trainer.precision import resolve_precision
 from trainer.losses import per_image_ce
 from trainer.methods import (
     batch_generator,
@@ -109,7 +110,7 @@ def test_epochs_budget_counts_passes_over_each_methods_own_shards(shared_shards)
     def totals(**options):
         c = TrainConfig(shards=str(shared_shards), batch_size=4, workers=0, device="cpu", **options)
         r = SimpleNamespace(config=c, dist=SimpleNamespace(device=torch.device("cpu"), distributed=False, rank=0,
-                                                            world_size=1), amp_dtype=None)
+                                                            world_size=1), precision=resolve_precision("none", torch.device("cpu")))
         model = torch.nn.Conv2d(3, 1, 1)
         model.ssh = None
         out = []

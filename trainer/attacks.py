@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .model import prediction, scaled_forward
+from .precision import Precision, resolve_precision
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, RandomCrop, normalize
 
 FIT_MODES = ("tile", "resize")
@@ -62,23 +63,24 @@ class PixelModel:
     :func:`trainer.transforms.normalize` (which takes uint8 only), so gradients reach the pixels.
     """
 
-    def __init__(self, model: nn.Module, head: str = "t", amp_dtype: torch.dtype | None = None,
+    def __init__(self, model: nn.Module, head: str = "t", precision: Precision | None = None,
                  scale: float = 1.0) -> None:
-        self.model, self.head, self.amp_dtype, self.scale = model, head, amp_dtype, scale
+        self.model, self.head, self.precision, self.scale = model, head, precision, scale
+
+    def _precision(self, x: Tensor) -> Precision:
+        return self.precision or resolve_precision("none", x.device)  # fp32 unless told
 
     def __call__(self, x: Tensor) -> Tensor:
         x = normalize(x) if x.dtype == torch.uint8 else normalize_pixels(x)
-        if x.is_cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        autocast = torch.autocast(x.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
-        with autocast:
-            out = scaled_forward(self.model, x, self.scale)  # the run's --eval-scale (differentiable)
+        p = self._precision(x)
+        with p.autocast(x.device):
+            out = scaled_forward(self.model, p.prepare_input(x), self.scale)  # the run's --eval-scale (differentiable)
         return prediction(out, self.head).float()
 
     def encoder(self, x: Tensor) -> Tensor:
         """f_enc only (GD-UAP never needs the heads)."""
-        autocast = torch.autocast(x.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
-        with autocast:
+        p = self._precision(x)
+        with p.autocast(x.device):
             return self.model.backbone(normalize_pixels(x))["out"]
 
 
@@ -544,11 +546,10 @@ def generate_uap(config: UapConfig) -> tuple[Path, dict]:
 
     device = resolve_device(config.device)
     ckpt = ckpt_io.load(config.checkpoint)
-    model = model_from_checkpoint(ckpt, device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    precision = resolve_precision("auto", device)
+    model = precision.prepare_model(model_from_checkpoint(ckpt, device))
     head = eval_head(model, ckpt["stage"], config.head)
-    pm = PixelModel(model, head, torch.bfloat16 if device.type == "cuda" else None, checkpoint_eval_scale(ckpt, None))
+    pm = PixelModel(model, head, precision, checkpoint_eval_scale(ckpt, None))
     delta = random_perturbation(config.size, config.eps, config.seed, device)
     meta = {"mode": config.mode, "table6": TABLE6_NAMES.get(config.mode), "checkpoint": config.checkpoint,
             "head": head, "eps": config.eps, "size": config.size, "iters": config.iters, "seed": config.seed,

@@ -165,7 +165,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int | None = None  # CPU threads for torch in the training process; None = torch's default
-    amp: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    amp: str = "auto"  # auto = bf16 autocast where the device computes bf16 natively, else fp32 (trainer.precision)
     # BatchNorm -> SyncBatchNorm under torchrun on CUDA (statistics over the global batch, as
     # torchvision's and mmseg's recipes do); no effect in a single process or on CPU ranks
     sync_bn: bool = True

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from .data import ShardStream, make_loader, take_skipped
 from .distributed import Dist, cleanup, init_distributed, mean_over_ranks
 from .metrics import ConfusionMatrix
 from .model import ModelConfig, build_model, prediction, scaled_forward
+from .precision import Precision, resolve_precision
 from .transforms import eval_transform, normalize, pad_collate
 
 HEADS = ("auto", "t", "ss")
@@ -93,27 +93,24 @@ def eval_loader(shards: ShardDir, crop: int | None, batch_size: int, workers: in
 
 
 def evaluate(model: nn.Module, loader, num_classes: int, ignore_index: int, d: Dist, head: str = "t",
-             amp_dtype: torch.dtype | None = None, progress: bool = False, scale: float = 1.0) -> ConfusionMatrix:
+             precision: Precision | None = None, progress: bool = False, scale: float = 1.0) -> ConfusionMatrix:
     """Accumulate the confusion matrix of ``head``'s argmax over ``loader``, summed over ranks."""
-    return evaluate_heads(model, loader, num_classes, ignore_index, d, (head,), amp_dtype, progress, scale)[head]
+    return evaluate_heads(model, loader, num_classes, ignore_index, d, (head,), precision, progress, scale)[head]
 
 
 @torch.inference_mode()
 def evaluate_heads(model: nn.Module, loader, num_classes: int, ignore_index: int, d: Dist, heads: tuple[str, ...],
-                   amp_dtype: torch.dtype | None = None, progress: bool = False,
+                   precision: Precision | None = None, progress: bool = False,
                    scale: float = 1.0) -> dict[str, ConfusionMatrix]:
     """One pass over ``loader``, one confusion matrix per output head, summed over ranks; the
     network runs at ``scale`` times each image's size (see ``scaled_forward``). Leaves the model
     in eval mode (callers that go on training set it back)."""
     model.eval()
     cms = {head: ConfusionMatrix(num_classes, ignore_index) for head in heads}
-    channels_last = d.device.type == "cuda"
-    autocast = torch.autocast(d.device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    precision = precision or resolve_precision("none", d.device)
     for batch in tqdm(loader, desc="eval", disable=not (progress and d.is_main), leave=False):
-        x = batch["image"].to(d.device, non_blocking=True)  # (B, 3, H, W) uint8
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast:
+        x = precision.prepare_input(batch["image"].to(d.device, non_blocking=True))  # (B, 3, H, W) uint8
+        with precision.autocast(d.device):
             out = scaled_forward(model, normalize(x), scale)
         label = batch["label"].to(d.device, non_blocking=True)  # (B, H, W)
         for head, cm in cms.items():
@@ -169,9 +166,8 @@ def evaluate_checkpoint(config: EvalConfig) -> dict:
         shards = ShardDir.open(Path(config.shards) / config.split)
         classes = shards.classes
         ckpt_io.check_compatible(ckpt, config.checkpoint, classes=classes)
-        model = model_from_checkpoint(ckpt, d.device)
-        if d.device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
+        precision = resolve_precision("auto", d.device)
+        model = precision.prepare_model(model_from_checkpoint(ckpt, d.device))
         head = eval_head(model, ckpt["stage"], config.head)
         scale = checkpoint_eval_scale(ckpt, config.eval_scale)
         start = time.perf_counter()
@@ -179,11 +175,11 @@ def evaluate_checkpoint(config: EvalConfig) -> dict:
         take_skipped()
         heads = tuple(dict.fromkeys((head, *prediction_heads(model))))  # every head from one pass
         cms = evaluate_heads(model, loader, classes.num_classes, classes.ignore_index, d, heads,
-                             amp_dtype=torch.bfloat16 if d.device.type == "cuda" else None, progress=config.progress,
+                             precision=precision, progress=config.progress,
                              scale=scale)
         report = make_report(cms[head], classes, split=config.split, checkpoint=str(config.checkpoint),
                              stage=ckpt["stage"], head=head, samples=shards.num_samples,
-                             eval_crop=config.eval_crop, eval_scale=scale,
+                             eval_crop=config.eval_crop, eval_scale=scale, precision=precision.name,
                              time_s=round(time.perf_counter() - start, 2))
         if len(cms) > 1:  # both of the two-branch network's predictions: S_t (ours) and S_ss (the paper's)
             report["by_head"] = by_head(cms, classes)

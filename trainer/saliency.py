@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
+
+from .precision import Precision, resolve_precision
 
 BETA2 = 0.3  # β² of the saliency F-measure (Achanta et al. 2009), as the SOD benchmarks use
 LEVELS = 256  # thresholds 0..255 on the 8-bit map
@@ -168,7 +169,7 @@ def wants_saliency(task: str, config) -> bool:
 
 # -- the evaluation pass --------------------------------------------------------------------------
 @torch.inference_mode()
-def evaluate_saliency(model: nn.Module, loader, d, head: str = "t", amp_dtype: torch.dtype | None = None,
+def evaluate_saliency(model: nn.Module, loader, d, head: str = "t", precision: Precision | None = None,
                       progress: bool = False, cm=None) -> SaliencyMeter:
     """One pass over ``loader`` (a saliency split), summed over ranks; also fills the confusion
     matrix ``cm`` of the same head's argmax when given. Leaves the model in eval mode."""
@@ -177,12 +178,10 @@ def evaluate_saliency(model: nn.Module, loader, d, head: str = "t", amp_dtype: t
 
     model.eval()
     meter = SaliencyMeter()
-    autocast = torch.autocast(d.device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    precision = precision or resolve_precision("none", d.device)
     for batch in tqdm(loader, desc="saliency", disable=not (progress and d.is_main), leave=False):
-        x = batch["image"].to(d.device, non_blocking=True)  # (B, 3, H, W) uint8
-        if d.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast:
+        x = precision.prepare_input(batch["image"].to(d.device, non_blocking=True))  # (B, 3, H, W) uint8
+        with precision.autocast(d.device):
             out = model(normalize(x))
         logits = prediction(out, head)  # (B, 2, H, W)
         label = batch["label"].to(d.device, non_blocking=True)  # (B, H, W)
@@ -258,13 +257,13 @@ def evaluate_checkpoint_saliency(config) -> dict:
             raise ValueError(f"task saliency: {shards.path} has {classes.num_classes} classes {list(classes.names)}, "
                              f"not background and salient (write it with blendgen pack --task saliency)")
         ckpt_io.check_compatible(ckpt, config.checkpoint, classes=classes)
-        model = model_from_checkpoint(ckpt, d.device)
+        precision = resolve_precision("auto", d.device)
+        model = precision.prepare_model(model_from_checkpoint(ckpt, d.device))
         head = eval_head(model, ckpt["stage"], config.head)
-        amp = torch.bfloat16 if d.device.type == "cuda" else None
         start = time.perf_counter()
         loader = eval_loader(shards, config.eval_crop, config.batch_size, config.workers, d)
         cm = ConfusionMatrix(classes.num_classes, classes.ignore_index)
-        meter = evaluate_saliency(model, loader, d, head, amp, config.progress, cm)  # one pass, both measures
+        meter = evaluate_saliency(model, loader, d, head, precision, config.progress, cm)  # one pass, both measures
         section = saliency_report(meter, time.perf_counter() - start)
         report = make_report(cm, classes, split=config.split, checkpoint=str(config.checkpoint), stage=ckpt["stage"],
                              head=head, samples=shards.num_samples, eval_crop=config.eval_crop, saliency=section)

@@ -59,6 +59,7 @@ from .distributed import Dist, cleanup, init_distributed
 from .evaluate import (EvalConfig, PassResult, Subsets, by_head, checkpoint_eval_scale, eval_head, eval_loader,
                        evaluate_heads, evaluate_pass, make_report, model_from_checkpoint, prediction_heads, report_dir, write_report)
 from .metrics import ConfusionMatrix
+from .precision import resolve_precision
 from .subsets import (
     ImageInfo, complex_subsets, context_subsets, person_id, rarity_subsets, read_image_infos, table5_partners,
     training_cooccurrence, unknown_annotations,
@@ -285,16 +286,15 @@ def run_suites(ctx: SuiteContext, config: SuiteConfig, infos: list[ImageInfo], s
 
 
 def suite_context(eval_config: EvalConfig, ckpt: dict, shards: ShardDir, d: Dist) -> SuiteContext:
-    """The checkpoint's network as a PixelModel (eval mode; bf16 and channels_last on CUDA) and
+    """The checkpoint's network as a PixelModel (eval mode; bf16 and channels_last where the
+    device computes bf16 natively, trainer.precision) and
     the split's loader."""
-    model = model_from_checkpoint(ckpt, d.device).eval()
-    if d.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    precision = resolve_precision("auto", d.device)
+    model = precision.prepare_model(model_from_checkpoint(ckpt, d.device).eval())
     head = eval_head(model, ckpt["stage"], eval_config.head)
-    amp = torch.bfloat16 if d.device.type == "cuda" else None
     loader = eval_loader(shards, eval_config.eval_crop, eval_config.batch_size, eval_config.workers, d)
     scale = checkpoint_eval_scale(ckpt, eval_config.eval_scale)
-    return SuiteContext(PixelModel(model, head, amp, scale), loader, shards.classes, d, eval_config.progress)
+    return SuiteContext(PixelModel(model, head, precision, scale), loader, shards.classes, d, eval_config.progress)
 
 
 def evaluate_suites(eval_config: EvalConfig, config: SuiteConfig) -> dict:
@@ -339,7 +339,7 @@ def overall_by_head(ctx: SuiteContext, classes: ClassSet) -> dict | None:
     if len(prediction_heads(model)) < 2:
         return None
     cms = evaluate_heads(model, ctx.loader, classes.num_classes, classes.ignore_index, ctx.dist,
-                         prediction_heads(model), ctx.predict.amp_dtype, ctx.progress, ctx.predict.scale)
+                         prediction_heads(model), ctx.predict.precision, ctx.progress, ctx.predict.scale)
     return by_head(cms, classes)
 
 

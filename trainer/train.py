@@ -53,6 +53,7 @@ from .evaluate import corrupt_summary, eval_head, eval_loader, evaluate_heads, m
 from .losses import median_frequency_weights
 from .methods import Criterion, Mixer, batch_generator, batch_mixer, criterion, mixed_generation, stage_dir
 from .model import ModelConfig, build_model, configure_stage
+from .precision import Precision, resolve_precision
 from .saliency import evaluate_saliency, is_saliency, saliency_report, write_saliency
 from .transforms import normalize, train_transform
 
@@ -83,7 +84,7 @@ class Run:
     dir: Path
     classes: ClassSet
     model_config: ModelConfig
-    amp_dtype: torch.dtype | None
+    precision: Precision  # --amp resolved on this device
     started: float = field(default_factory=time.perf_counter)
     # The processes of this run before this one (--resume), as their last checkpoint recorded
     # them, and where this one took over: report.json's total_time_s counts them all.
@@ -167,8 +168,7 @@ def start_run(config: TrainConfig, d: Dist) -> Run:
                                output_stride=config.output_stride)
     if config.init is not None:
         check_init(config.init, model_config)
-    amp = config.amp if config.amp != "auto" else ("bf16" if d.device.type == "cuda" else "none")
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
+    precision = resolve_precision(config.amp, d.device)
     if d.is_main:
         make_dir(run_dir)
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
@@ -176,7 +176,10 @@ def start_run(config: TrainConfig, d: Dist) -> Run:
         torch.backends.cudnn.benchmark = True  # fixed crop sizes: pick the fastest kernels once
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     barrier(d)
-    return Run(config, d, run_dir, classes, model_config, amp_dtype)
+    r = Run(config, d, run_dir, classes, model_config, precision)
+    r.say(f"device {d.device.type}, {precision.name}" + (" autocast, channels_last" if precision.dtype else "")
+          + f" (--amp {config.amp})")
+    return r
 
 
 # Fields with no ``trainer run`` option that fix a run's data order: a resumed run left at their
@@ -232,9 +235,7 @@ def prepare_model(r: Run) -> nn.Module:
             raise
         raise ckpt_io.CheckpointError(f"init: {r.config.init} does not fit this model: "
                                       f"{str(exc).splitlines()[-1].strip()}") from None
-    model = model.to(r.dist.device)
-    if r.dist.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)  # NHWC: the tensor-core convolution layout
+    model = r.precision.prepare_model(model.to(r.dist.device))  # NHWC with autocast and on CUDA
     if r.config.sync_bn and r.dist.distributed and r.dist.device.type != "cuda":
         r.say("sync_bn: this torch's SyncBatchNorm runs on CUDA only; CPU ranks keep per-process BatchNorm")
     converted = sync_batchnorm(model, r.config.sync_bn, r.dist)
@@ -450,7 +451,7 @@ def make_stage(r: Run, model: nn.Module, stage: int, batches_per_epoch: int, sta
     optimizer = make_optimizer(c, params, stage)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, total=total, warmup=c.warmup,
                                                                      power=c.poly_power))
-    scaler = torch.amp.GradScaler(r.dist.device.type, enabled=r.amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(r.dist.device.type, enabled=r.precision.dtype == torch.float16)
     position = Position(stage)
     if start is not None:
         optimizer.load_state_dict(start["optimizer"])
@@ -529,8 +530,8 @@ def train_one_epoch(r: Run, s: Stage, loader, bar: tqdm) -> None:
             x, batch = s.mix(x, batch, g)
         sync = (micro + 1) % c.accum == 0  # DDP all-reduces gradients only on the last micro-batch
         with nullcontext() if sync or not d.distributed else s.model.no_sync():
-            with torch.autocast(d.device.type, dtype=r.amp_dtype) if r.amp_dtype else nullcontext():
-                out = s.model(normalize(x))  # {"t", "p", "ss"}: (B, K, H, W)
+            with r.precision.autocast(d.device):
+                out = s.model(r.precision.prepare_input(normalize(x)))  # {"t", "p", "ss"}: (B, K, H, W)
             loss, terms = s.criterion(out, batch, r.classes.ignore_index)
             if not all_ranks_ok(math.isfinite(terms["loss"]), d):
                 raise TrainingDiverged(f"stage {s.number} step {s.position.step + 1}: loss is {terms['loss']} "
@@ -578,7 +579,7 @@ def evaluate_val(r: Run, model: nn.Module, progress: bool = False) -> tuple[dict
                          r.config.on_corrupt)
     start = time.perf_counter()
     cms = evaluate_heads(model, loader, r.classes.num_classes, r.classes.ignore_index, r.dist, model_heads(model),
-                         r.amp_dtype, progress, r.config.eval_scale)
+                         r.precision, progress, r.config.eval_scale)
     return cms, time.perf_counter() - start, shards
 
 
@@ -650,11 +651,8 @@ def last_stage(c: TrainConfig, stage: int) -> bool:
 
 
 def to_device(batch: dict, device: torch.device) -> tuple[Tensor, dict]:
-    """uint8 images (channels_last on CUDA) and int64 labels on the device; from pinned memory
-    the copies are asynchronous."""
+    """uint8 images and int64 labels on the device; from pinned memory the copies are asynchronous."""
     x = batch["image"].to(device, non_blocking=True)  # (B, 3, H, W) uint8
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
     moved = {k: batch[k].to(device, non_blocking=True) for k in ("label", "phantom", "delta")}
     return x, {**batch, **moved}
 
@@ -762,7 +760,7 @@ def final_evaluation(r: Run, model: nn.Module, position: Position | None) -> dic
     report = make_report(cms[head], r.classes, split="val", run=str(r.dir), method=c.method, budget=c.budget,
                          stage=stage, head=head,
                          dataset=dataset_identity(shards), samples=shards.num_samples, eval_crop=c.eval_crop,
-                         eval_scale=c.eval_scale, eval_time_s=round(seconds, 2),
+                         eval_scale=c.eval_scale, precision=r.precision.name, eval_time_s=round(seconds, 2),
                          total_time_s=round(sum(seg["seconds"] for seg in time_segments(r)), 2))
     if r.best is not None:  # the best validation of the run: best.pt's weights
         report["best"] = {"checkpoint": "best.pt", **r.best}
@@ -774,7 +772,7 @@ def final_evaluation(r: Run, model: nn.Module, position: Position | None) -> dic
     if is_saliency(shards.manifest):  # IJCV Table 7: max F_β, MAE of the same head (trainer.saliency)
         loader = eval_loader(shards, c.eval_crop, c.eval_batch_size, c.workers, r.dist, c.on_corrupt)
         start = time.perf_counter()
-        meter = evaluate_saliency(model, loader, r.dist, head, r.amp_dtype, c.progress)
+        meter = evaluate_saliency(model, loader, r.dist, head, r.precision, c.progress)
         report["saliency"] = saliency_report(meter, time.perf_counter() - start)
     skipped = corrupt_summary(take_skipped(), r.dist)
     if skipped["count"]:  # --on-corrupt skip: left out of training and evaluation by this process
