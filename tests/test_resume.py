@@ -64,7 +64,7 @@ def test_a_run_recorded_with_units_of_32_resumes_with_them(tmp_path):
     # Units of one sample became the default after runs had recorded unit=32 (issue 18): resuming
     # such a run (trainer run has no --unit) goes on with its own order, not the new default's.
     from trainer.config import TrainConfig
-    from trainer.train import check_resumable
+    from trainer.resume import check_resumable
 
     run_dir = tmp_path / "old"
     run_dir.mkdir()

@@ -13,7 +13,8 @@ from cli import trainer as trainer_cli
 from trainer.config import TrainConfig
 from trainer.distributed import Dist
 from trainer.model import ModelConfig, build_model
-from trainer.train import check_resumable, run, sync_batchnorm
+from trainer.resume import check_resumable
+from trainer.train import run, sync_batchnorm
 
 TINY = dict(backbone="mobilenet_v3_large", crop=32, batch_size=4, workers=0, device="cpu", log_every=1,
             checkpoint_every=1, progress=False, threads=1)
@@ -184,7 +185,7 @@ def test_resume_repairs_a_best_checkpoint_a_kill_left_behind(tmp_path):
     from types import SimpleNamespace
 
     from trainer import checkpoint as ckpt_io
-    from trainer.train import reconcile_best
+    from trainer.resume import reconcile_best
 
     r = SimpleNamespace(path=lambda name: tmp_path / name, dist=Dist(0, 1, 0, torch.device("cpu")))
     meta = {"config": {}, "model_config": {}, "classes": {"names": ["a"]}}

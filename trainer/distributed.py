@@ -104,3 +104,8 @@ def sync_buffers(module: torch.nn.Module, d: Dist) -> None:
 def barrier(d: Dist) -> None:
     if d.distributed:
         dist.barrier()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DistributedDataParallel wrapper (the model itself when not wrapped)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model

@@ -14,9 +14,10 @@ mixing and loss, and the baselines have a single head and one stage (:mod:`train
 3. Evaluation on ``out/val``: mIoU of S_t (S_ss if stage 2 was skipped, ``--no-denoise``).
 
 Everything lands in ``runs/NAME/``: config.json, metrics.jsonl (and the same scalars as
-TensorBoard event files), stage1.pt, stage2.pt, last.pt, best.pt, report.json, report.md. ``last.pt`` is rewritten every ``checkpoint_every`` optimizer steps and
-at each stage's end; ``--resume`` continues from it at the same optimizer step, data batch and
-RNG state, so on CPU the resumed run ends with the same weights as an uninterrupted one.
+TensorBoard event files), stage1.pt, stage2.pt, last.pt, best.pt, report.json, report.md.
+What the run's parts share and log is :mod:`trainer.state`; its checkpoints and ``--resume``
+(the same optimizer step, data batch and RNG state, so on CPU a resumed run ends with the same
+weights as an uninterrupted one) are :mod:`trainer.resume`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -44,17 +44,20 @@ from blendgen.io import make_dir
 from blendgen.shards.directory import ShardDir
 
 from . import checkpoint as ckpt_io
-from .config import RESUMABLE_CHANGES, TrainConfig
+from .config import TrainConfig
 from .data import ShardStream, label_pixel_counts, make_loader, take_skipped
 from .distributed import (Dist, all_ranks_ok, barrier, broadcast_object, cleanup, init_distributed, mean_over_ranks,
-                          sync_buffers)
+                          sync_buffers, unwrap)
 from .curves import draw_curves
 from .evaluate import corrupt_summary, eval_head, eval_loader, evaluate_heads, make_report, write_report
 from .losses import median_frequency_weights
-from .methods import Criterion, Mixer, batch_generator, batch_mixer, criterion, mixed_generation, stage_dir
+from .methods import Mixer, batch_generator, batch_mixer, criterion, mixed_generation, stage_dir
 from .model import ModelConfig, build_model, configure_stage
-from .precision import Precision, resolve_precision
+from .precision import resolve_precision
+from .resume import (check_resumable, finished_before, last_stage, load_resume, note_best, save_best, save_checkpoint,
+                     weights_payload)
 from .saliency import evaluate_saliency, is_saliency, saliency_report, write_saliency
+from .state import Position, Run, Stage, open_events, time_segments
 from .transforms import normalize, train_transform
 
 
@@ -62,54 +65,8 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the run stopped without saving the bad state."""
 
 
-@dataclass
-class Position:
-    """Where a stage stands: optimizer steps taken, and the data position of the next batch."""
-
-    stage: int
-    step: int = 0
-    epoch: int = 0
-    batch: int = 0  # batches of ``epoch`` already consumed
-
-    def to_dict(self) -> dict:
-        return {"stage": self.stage, "step": self.step, "epoch": self.epoch, "batch": self.batch}
-
-
-@dataclass
-class Run:
-    """What every function of a run shares: its config, process, output directory, classes."""
-
-    config: TrainConfig
-    dist: Dist
-    dir: Path
-    classes: ClassSet
-    model_config: ModelConfig
-    precision: Precision  # --amp resolved on this device
-    started: float = field(default_factory=time.perf_counter)
-    # The processes of this run before this one (--resume), as their last checkpoint recorded
-    # them, and where this one took over: report.json's total_time_s counts them all.
-    earlier: list = field(default_factory=list)
-    resumed_at: dict | None = None
-    started_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    events: object | None = None  # rank 0's TensorBoard SummaryWriter (open_events); None = none written
-    offsets: dict = field(default_factory=lambda: {1: 0, 2: 0})  # optimizer steps before each stage
-    best: dict | None = None  # the best validation so far (best.pt): stage, step, head, miou
-
-    def path(self, name: str) -> Path:
-        return self.dir / name
-
-    def log(self, record: dict) -> None:
-        if self.dist.is_main:
-            with open(self.path("metrics.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
-            write_events(self, record)
-
-    def say(self, message: str) -> None:
-        if self.dist.is_main:
-            tqdm.write(message, file=sys.stderr)
-
-
 # -- the run ----------------------------------------------------------------------------------------
+
 def run(config: TrainConfig) -> dict:
     """Train both stages and evaluate; returns the evaluation report."""
     d = init_distributed(config.device)
@@ -180,30 +137,6 @@ def start_run(config: TrainConfig, d: Dist) -> Run:
     r.say(f"device {d.device.type}, {precision.name}" + (" autocast, channels_last" if precision.dtype else "")
           + f" (--amp {config.amp})")
     return r
-
-
-# Fields with no ``trainer run`` option that fix a run's data order: a resumed run left at their
-# defaults takes them from its config.json (a run started when units of 32 were the default goes
-# on with unit=32, the order it began with).
-ORDER_FIELDS = ("unit", "shuffle_buffer")
-
-
-def check_resumable(config: TrainConfig, run_dir: Path) -> TrainConfig:
-    """A resumed run must compute what the interrupted one did: same config, a last.pt. Returns
-    the config to resume with (:data:`ORDER_FIELDS` left at their defaults come from the run)."""
-    if not (run_dir / "last.pt").is_file():
-        raise ValueError(f"resume: {run_dir / 'last.pt'} not found; nothing to resume")
-    recorded = json.loads((run_dir / "config.json").read_text())
-    recorded.setdefault("sync_bn", False)  # runs from before the option kept per-process BatchNorm
-    saved = TrainConfig.from_dict(recorded)
-    fields = TrainConfig.__dataclass_fields__
-    config = config.replace(**{k: getattr(saved, k) for k in (*ORDER_FIELDS, "sync_bn")
-                               if getattr(config, k) == fields[k].default})
-    changed = [f"{k} (was {v!r}, now {getattr(config, k)!r})" for k, v in saved.to_dict().items()
-               if k not in RESUMABLE_CHANGES and config.to_dict()[k] != v]
-    if changed:
-        raise ValueError("resume: the run was started with other options: " + ", ".join(changed))
-    return config
 
 
 def recorded_fields(config: TrainConfig) -> dict:
@@ -314,96 +247,7 @@ def check_init(path: str, model_config: ModelConfig) -> None:
                                                                   "output_stride": model_config.output_stride})
 
 
-def load_resume(r: Run, model: nn.Module) -> dict:
-    """last.pt, checked against this run and loaded into ``model``; trims metrics.jsonl to it."""
-    ckpt = ckpt_io.load(r.path("last.pt"))
-    ckpt_io.check_compatible(ckpt, str(r.path("last.pt")), model_config=_plain(r.model_config), classes=r.classes)
-    model.load_state_dict(ckpt["model"])
-    ckpt_io.set_rng_state(ckpt["rng"])  # dropout masks continue where the interrupted run was
-    position = ckpt["position"]
-    r.best = reconcile_best(r, ckpt)
-    r.earlier, r.resumed_at = list(ckpt.get("segments", [])), dict(position)  # older checkpoints: none recorded
-    if r.dist.is_main:  # a finished last stage is evaluated again: its old final val line goes
-        final = ckpt["stage_done"] and last_stage(r.config, position["stage"])
-        trim_metrics(r.path("metrics.jsonl"), position["stage"], position["step"], keep_val_at_end=not final)
-    r.say(f"resuming {r.dir} at stage {position['stage']} step {position['step']}")
-    return ckpt
-
-
-def reconcile_best(r: Run, ckpt: dict) -> dict | None:
-    """The best validation so far of a resumed run, with best.pt made to hold its weights.
-
-    A validation that improves writes last.pt (recording it) before best.pt, so a kill between
-    the two leaves last.pt with both the record and the weights: best.pt is rewritten from it.
-    The final evaluation writes best.pt after last.pt's last save, when the weights no longer
-    change: a best.pt at a finished run's own position is that, and is kept."""
-    best = ckpt.get("best")  # checkpoints of older runs record none
-    path = r.path("best.pt")
-    held = ckpt_io.load(path).get("best") if path.is_file() else None
-    if held == best:
-        return best
-    at = (ckpt["position"]["stage"], ckpt["position"]["step"])
-    if best is not None and (best["stage"], best["step"]) == at:
-        if r.dist.is_main:
-            ckpt_io.save(path, {**{k: ckpt[k] for k in ("config", "model_config", "classes", "stage", "model")},
-                                "best": best})
-        return best
-    if held is not None and (held["stage"], held["step"]) == at and ckpt["stage_done"]:
-        return held
-    return best
-
-
-def note_best(r: Run, record: dict) -> bool:
-    """Whether a validation line beats every earlier one of the run (``val_miou``: the head the
-    run predicts with at that point; the first of equals stays); ``r.best`` follows."""
-    miou = record["val_miou"]
-    if miou != miou or (r.best is not None and miou <= r.best["miou"]):  # NaN: nothing was scored
-        return False
-    r.best = {"stage": record["stage"], "step": record["step"], "head": record["val_head"], "miou": miou}
-    return True
-
-
-def save_best(r: Run, model: nn.Module, stage: int) -> None:
-    """best.pt: the weights of ``r.best``, a checkpoint like stageN.pt (``trainer eval`` takes it)."""
-    if r.dist.is_main:
-        ckpt_io.save(r.path("best.pt"), {**weights_payload(r, model, stage), "best": r.best})
-
-
-def finished_before(resume: dict, stage: int) -> bool:
-    p = resume["position"]
-    return stage < p["stage"] or (stage == p["stage"] and resume["stage_done"])
-
-
-def trim_metrics(path: Path, stage: int, step: int, keep_val_at_end: bool = True) -> None:
-    """Drop the lines a killed run logged after its last checkpoint: the resumed run logs them again."""
-    if not path.exists():
-        return
-
-    def logged_before(line: str) -> bool:
-        m = json.loads(line)
-        if not keep_val_at_end and "val_miou" in m and (m["stage"], m["step"]) == (stage, step):
-            return False
-        return (m["stage"], m["step"]) <= (stage, step)
-
-    keep = [line for line in path.read_text().splitlines() if line and logged_before(line)]
-    path.write_text("".join(line + "\n" for line in keep))
-
-
 # -- one stage --------------------------------------------------------------------------------------
-@dataclass
-class Stage:
-    """The moving parts of one stage's optimization."""
-
-    number: int
-    model: nn.Module  # the DDP wrapper when distributed
-    criterion: Criterion
-    mix: Mixer | None  # online mixing of each batch on the device (sourcesep-cm, mixup, cutmix)
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    total_steps: int
-    position: Position
-
 
 def train_stage(r: Run, model: nn.Module, stage: int, start: dict | None) -> Position:
     """Optimize one stage to its step budget, checkpointing along the way; returns where it ended."""
@@ -567,7 +411,7 @@ def validate(r: Run, s: Stage) -> bool:
     redrawn; True when it is the run's best so far (the caller writes best.pt). Touches no RNG
     the training draws from (the loader has its own generator) and no weight or BN statistic
     (eval mode), so a run validates without changing what it learns."""
-    model = _unwrap(s.model)
+    model = unwrap(s.model)
     cms, seconds, _ = evaluate_val(r, model)
     return note_best(r, log_validation(r, s.position, cms, eval_head(model, s.number), seconds))
 
@@ -599,55 +443,9 @@ def log_validation(r: Run, position: Position, cms: dict, head: str, seconds: fl
     return record
 
 
-# Fields of a metrics.jsonl line that are not scalars to plot: where and when it was logged.
-NOT_SCALARS = ("stage", "step", "epoch", "time")
-
-
-def open_events(r: Run, rebuild: bool) -> None:
-    """TensorBoard event files beside metrics.jsonl (rank 0): the same scalars, ``train/KEY`` and
-    ``val/KEY``, at the run's global optimizer step (stage 2's steps follow stage 1's). A resumed
-    run rebuilds them from metrics.jsonl, which load_resume has cut back to the checkpoint, so
-    what the killed process logged after it goes and no step is written twice."""
-    if not r.dist.is_main:
-        return
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # a dependency; an environment without it loses only the event files
-        r.say("tensorboard is not installed: no event files (pip install tensorboard); metrics.jsonl has the scalars")
-        return
-    if rebuild:
-        for old in r.dir.glob("events.out.tfevents.*"):
-            old.unlink()
-    # purge_step 0: a TensorBoard that had read the removed files drops what it held from them
-    r.events = SummaryWriter(str(r.dir), purge_step=0 if rebuild else None)
-    if rebuild and r.path("metrics.jsonl").exists():
-        for line in r.path("metrics.jsonl").read_text().splitlines():
-            if line:
-                write_events(r, json.loads(line), flush=False)
-        r.events.flush()
-
-
-def write_events(r: Run, record: dict, flush: bool = True) -> None:
-    """One metrics.jsonl line as TensorBoard scalars (flushed: a killed run keeps what it logged)."""
-    if r.events is None:
-        return
-    step = r.offsets.get(record["stage"], 0) + record["step"]
-    for key, value in record.items():
-        if key in NOT_SCALARS or isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        tag = f"val/{key[4:]}" if key.startswith("val_") else f"train/{key}"
-        r.events.add_scalar(tag, value, step, walltime=record.get("time"))
-    if flush:
-        r.events.flush()
-
-
 def model_heads(model: nn.Module) -> tuple[str, ...]:
     """The predictions a model offers: S_t always, S_ss when it has a source separation head."""
     return ("t", "ss") if getattr(model, "ssh", None) is not None else ("t",)
-
-
-def last_stage(c: TrainConfig, stage: int) -> bool:
-    return stage == 2 or c.stage_budget(2)[1] == 0
 
 
 def to_device(batch: dict, device: torch.device) -> tuple[Tensor, dict]:
@@ -696,44 +494,12 @@ class Meter:
                 "samples_per_s": round(self.rate(), 2), "time": round(time.time(), 3)}
 
 
-# -- checkpoints and the end ------------------------------------------------------------------------
-def _plain(model_config: ModelConfig) -> dict:
-    return dict(model_config.__dict__)
-
-
-def weights_payload(r: Run, model: nn.Module, stage: int) -> dict:
-    """What any checkpoint holds: weights and what they mean."""
-    return {"config": r.config.to_dict(), "model_config": _plain(r.model_config), "classes": r.classes.to_json(),
-            "stage": stage, "model": _unwrap(model).state_dict()}
-
-
-def save_checkpoint(r: Run, model: nn.Module, s: Stage, stage_done: bool) -> None:
-    """last.pt: weights plus everything a resumed run needs (rank 0 writes; all ranks agree)."""
-    if r.dist.is_main:
-        ckpt_io.save(r.path("last.pt"), {
-            **weights_payload(r, model, s.number), "position": s.position.to_dict(), "stage_done": stage_done,
-            "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
-            "scaler": s.scaler.state_dict(), "rng": ckpt_io.rng_state(), "segments": time_segments(r),
-            "best": r.best})
-    barrier(r.dist)  # no rank runs ahead of a checkpoint a resume would start from
-
-
-def time_segments(r: Run) -> list[dict]:
-    """Every process of the run so far: the earlier ones up to the last checkpoint each wrote
-    (the time a killed process spent after it is redone, and counted, by its successor), and
-    this one until now."""
-    now = {"started": r.started_at, "seconds": round(time.perf_counter() - r.started, 2), "resumed_at": r.resumed_at}
-    return [*r.earlier, now]
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
+# -- the end ---------------------------------------------------------------------------------------
 
 def weights_digest(model: nn.Module) -> str:
     """A short hash of every parameter and buffer: equal on all ranks after DDP training."""
     h = hashlib.sha256()
-    for name, t in sorted(_unwrap(model).state_dict().items()):
+    for name, t in sorted(unwrap(model).state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
