@@ -109,8 +109,9 @@ def test_epochs_budget_counts_passes_over_each_methods_own_shards(shared_shards)
 
     def totals(**options):
         c = TrainConfig(shards=str(shared_shards), batch_size=4, workers=0, device="cpu", **options)
-        r = SimpleNamespace(config=c, dist=SimpleNamespace(device=torch.device("cpu"), distributed=False, rank=0,
-                                                            world_size=1), precision=resolve_precision("none", torch.device("cpu")))
+        cpu = torch.device("cpu")
+        r = SimpleNamespace(config=c, dist=SimpleNamespace(device=cpu, distributed=False, rank=0, world_size=1),
+                            precision=resolve_precision("none", cpu), class_weight=None)
         model = torch.nn.Conv2d(3, 1, 1)
         model.ssh = None
         out = []

@@ -59,6 +59,7 @@ class Run:
     events: object | None = None  # rank 0's TensorBoard SummaryWriter (open_events); None = none written
     offsets: dict = field(default_factory=lambda: {1: 0, 2: 0})  # optimizer steps before each stage
     best: dict | None = None  # the best validation so far (best.pt): stage, step, head, miou
+    class_weight: torch.Tensor | None = None  # (K,) --class-weights on the device, once per run; None = plain CE
 
     def path(self, name: str) -> Path:
         return self.dir / name

@@ -79,6 +79,7 @@ def run(config: TrainConfig) -> dict:
         if config.compile:  # refused before the run writes anything
             check_compilable(d.device)
         r = start_run(config, d)
+        r.class_weight = class_weight(r)  # SHARDS/train's label pixels, counted once for both stages
         torch.manual_seed(config.seed)  # the same initial weights on every rank and every rerun
         model = prepare_model(r)
         if config.compile:
@@ -306,7 +307,7 @@ def make_stage(r: Run, model: nn.Module, stage: int, batches_per_epoch: int, sta
     if r.dist.distributed:
         device_ids = [r.dist.device.index] if r.dist.device.type == "cuda" else None
         wrapped = DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
-    loss = criterion(c.method, stage, c.ppa_eps, c.ppa_weight, class_weight(r))
+    loss = criterion(c.method, stage, c.ppa_eps, c.ppa_weight, r.class_weight)
     return Stage(stage, wrapped, loss, mix, optimizer, scheduler, scaler, total, position)
 
 
