@@ -564,7 +564,9 @@ def _train_errors():
               help="blendgen output root holding mixed/ (stage 1), train/ (stage 2) and val/ (evaluation).")
 @click.option("--preset", type=click.Choice(["demo", "photos-cpu", "bmvc-r101", "ijcv-r101", "ijcv-r50"]), default=None,
               help="Defaults for a setting; explicit options win. demo: the CPU recipe of docs/experiments.md "
-                   "(resnet18, AdamW, crop 128, 600 + 150 steps; about 9 minutes on 2 CPU cores). bmvc-r101: "
+                   "(resnet18, AdamW then SGD in stage 2, crop 128, median-freq class weights, 1200 + 300 steps; "
+                   "about 9 minutes on 2 CPU cores). photos-cpu: real photos of ~480x360 at half size, crop 176, "
+                   "1350 + 450 steps, about 25 minutes (docs/photos.md). bmvc-r101: "
                    "ImageNet ResNet-101, crop 321, 30 + 30 epochs, full-image eval; ijcv-r101 / ijcv-r50: crop 513, "
                    "513 centre-crop eval, 50 + 50 epochs (docs/methods.md).")
 @click.option("--backbone", type=click.Choice(["resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_large"]),
@@ -629,7 +631,7 @@ def _train_errors():
               help="Stage 2: ε of the phantom term log(ε + Σ ReLU(S_p)) (docs/experiments.md).  [default: 1e-6]")
 @click.option("--class-weights", type=click.Choice(["none", "median-freq"]), default=None,
               help="Weigh every CE term's pixels by class, ours: median-freq = median frequency balancing from "
-                   "SHARDS/train's labels (small classes; docs/photos.md; --preset photos-cpu), none = plain CE "
+                   "SHARDS/train's labels (small classes; docs/photos.md; --preset demo and photos-cpu), none = plain CE "
                    "(the papers').  [default: none]")
 @click.option("--ppa-weight", type=click.FloatRange(0), default=None,
               help="Stage 2: weight of the phantom term, ours (1 = the paper's Eq. 5; 0 = CE alone).  [default: 1]")

@@ -42,7 +42,11 @@ def test_config_errors_name_the_field():
         with pytest.raises(ValueError, match=f"^{field}:"):
             TrainConfig(shards="out", **bad)
     assert TrainConfig(shards="out").stage_length(1) == ("epochs", 30)
-    assert TrainConfig(shards="out", **PRESETS["demo"]).stage_length(2) == ("iters", 150)
+    demo = TrainConfig(shards="out", **PRESETS["demo"])
+    assert demo.stage_length(2) == ("iters", 300)
+    # stage 2 the papers' way (SGD, ℓ_PPA with ε = 1e-6) after AdamW in stage 1 (docs/experiments.md §7)
+    assert demo.stage_optimizer(1)[0] == "adamw" and demo.stage_optimizer(2) == ("sgd", 1e-2, 5e-4)
+    assert demo.ppa_eps == 1e-6 and demo.class_weights == "median-freq"
     config = TrainConfig(shards="out", **TINY)
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
@@ -167,8 +171,8 @@ def test_run_command_reports_bad_input_in_one_line(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     config = seen["config"]
     assert (config.crop, config.backbone, config.ssh, config.progress) == (64, "resnet18", False, False)
-    assert (config.optimizer, config.scale, config.ppa_eps) == ("adamw", (1.0, 1.0), 1.0)
-    assert config.stage_length(1) == ("epochs", 2) and config.stage_length(2) == ("iters", 150)
+    assert (config.optimizer, config.optimizer2, config.scale) == ("adamw", "sgd", (1.0, 1.0))
+    assert config.stage_length(1) == ("epochs", 2) and config.stage_length(2) == ("iters", 300)
 
 
 def test_warmup_rises_linearly_then_poly_decays_to_zero():
