@@ -208,7 +208,9 @@ def test_report_of_a_real_tiny_run_with_fake_companions(shared_shards, tmp_path)
 
 def test_seeds_of_one_setting_give_mean_std_and_a_verdict_against_the_spread(tmp_path):
     steps = dict(iters1=300, iters2=150)
-    runs = [fake_run(tmp_path, f"dl-s{seed}", miou, stage=1, method="deeplabv3", seed=seed, **steps)
+    # seed 0 validated and checkpointed more often: the same setting (it computes the same)
+    runs = [fake_run(tmp_path, f"dl-s{seed}", miou, stage=1, method="deeplabv3", seed=seed, **steps,
+                     **({"eval_every": 50, "checkpoint_every": 25} if seed == 0 else {}))
             for seed, miou in zip((0, 1, 2), (0.30, 0.32, 0.34))]
     runs += [fake_run(tmp_path, f"cc-s{seed}", miou, method="sourcesep-cc", seed=seed, **steps)
              for seed, miou in zip((0, 1, 2), (0.40, 0.41, 0.42))]

@@ -353,8 +353,10 @@ def gamma_table(runs: list[RunRecord]) -> list[Table]:
 
 
 # -- several seeds of one setting ----------------------------------------------------------------
-# Config fields that do not change what a run computes, besides the seed a group varies.
-_NOT_SETTING = ("seed", "name", "out", "progress", "resume", "threads")
+# Config fields that do not change what a run computes, besides the seed a group varies. How often
+# a run logs, checkpoints and validates is among them: validation touches no weight, BatchNorm
+# statistic or training RNG (trainer.train.validate), so runs that differ only there pool.
+_NOT_SETTING = ("seed", "name", "out", "progress", "resume", "threads", "log_every", "checkpoint_every", "eval_every")
 
 
 def seed_groups(runs: list[RunRecord]) -> list[list[RunRecord]]:
