@@ -208,9 +208,10 @@ def test_report_of_a_real_tiny_run_with_fake_companions(shared_shards, tmp_path)
 
 def test_seeds_of_one_setting_give_mean_std_and_a_verdict_against_the_spread(tmp_path):
     steps = dict(iters1=300, iters2=150)
-    # seed 0 validated and checkpointed more often: the same setting (it computes the same)
+    # seed 0 validated and checkpointed more often, and was given stage-2 options a single-head
+    # baseline never uses: the same setting all the same (it computes the same)
     runs = [fake_run(tmp_path, f"dl-s{seed}", miou, stage=1, method="deeplabv3", seed=seed, **steps,
-                     **({"eval_every": 50, "checkpoint_every": 25} if seed == 0 else {}))
+                     **({"eval_every": 50, "checkpoint_every": 25, "lr2": 1e-4, "ppa_eps": 1.0} if seed == 0 else {}))
             for seed, miou in zip((0, 1, 2), (0.30, 0.32, 0.34))]
     runs += [fake_run(tmp_path, f"cc-s{seed}", miou, method="sourcesep-cc", seed=seed, **steps)
              for seed, miou in zip((0, 1, 2), (0.40, 0.41, 0.42))]
@@ -260,3 +261,15 @@ def test_report_takes_the_papers_head_by_default_and_says_which(tmp_path):
     assert "--head t" in (tmp_path / "rep" / "report.md").read_text()  # the command that made it
     with pytest.raises(ValueError, match="^head:"):
         ReportConfig(runs=("a",), out="o", head="p")
+
+
+def test_stage2_options_split_a_two_branch_setting_but_not_a_baseline(tmp_path):
+    from trainer.report import load_run, seed_groups
+
+    steps = dict(iters1=300, iters2=150)
+    cc = [fake_run(tmp_path, f"cc-s{s}", 0.4, method="sourcesep-cc", seed=s, ppa_eps=eps, **steps)
+          for s, eps in ((0, 1e-6), (1, 1.0))]
+    dl = [fake_run(tmp_path, f"dl-s{s}", 0.3, stage=1, method="deeplabv3", seed=s, ppa_eps=eps, **steps)
+          for s, eps in ((0, 1e-6), (1, 1.0))]
+    groups = seed_groups([load_run(p) for p in cc + dl])
+    assert sorted(len(g) for g in groups) == [1, 1, 2]  # SourceSep's ε is a setting; DeepLabv3 never uses it

@@ -357,6 +357,9 @@ def gamma_table(runs: list[RunRecord]) -> list[Table]:
 # a run logs, checkpoints and validates is among them: validation touches no weight, BatchNorm
 # statistic or training RNG (trainer.train.validate), so runs that differ only there pool.
 _NOT_SETTING = ("seed", "name", "out", "progress", "resume", "threads", "log_every", "checkpoint_every", "eval_every")
+# The denoising stage's options: a single-head baseline has no stage 2 (it trains iters1 + iters2
+# steps in one stage from lr1, TrainConfig.stage_budget), so they change nothing it computes.
+_STAGE2_ONLY = ("lr2", "optimizer2", "weight_decay2", "ppa_eps", "ppa_weight")
 
 
 def seed_groups(runs: list[RunRecord]) -> list[list[RunRecord]]:
@@ -368,7 +371,8 @@ def seed_groups(runs: list[RunRecord]) -> list[list[RunRecord]]:
     by one protocol. Runs from before the ``budget`` field load as "steps", today's default."""
     groups: dict[str, list[RunRecord]] = {}
     for run in runs:
-        setting = {k: v for k, v in run.config.to_dict().items() if k not in _NOT_SETTING + ("budget",)}
+        unused = _NOT_SETTING + ("budget",) + (() if run.config.two_branch else _STAGE2_ONLY)
+        setting = {k: v for k, v in run.config.to_dict().items() if k not in unused}
         setting["trained"] = [run.config.stage_budget(1), run.config.stage_budget(2)]
         groups.setdefault(json.dumps(setting, sort_keys=True), []).append(run)
     for group in groups.values():
