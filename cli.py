@@ -900,9 +900,11 @@ def uap_(checkpoint, shards, mode, eps, size, iters, step_size, lr, part, val_im
 @click.option("--notes", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Markdown shown under the title, e.g. how the data was made.")
 @click.option("--title", default="Results", show_default=True, help="The page's title.")
-@click.option("--head", type=click.Choice(["paper", "t", "ss"]), default="paper", show_default=True,
-              help="Prediction to report: paper = S_ss of the source separation network (IJCV 3.2.2), the baselines' "
-                   "one head; t / ss = that head where the run recorded it (report.json by_head).")
+@click.option("--head", type=click.Choice(["auto", "paper", "t", "ss"]), default="auto", show_default=True,
+              help="Prediction to report: auto = each run's own (report.json's head: S_t after the denoising "
+                   "stage, S_ss after stage 1 alone); paper = S_ss of the source separation network (IJCV 3.2.2) "
+                   "throughout; t / ss = that head where the run recorded it (report.json by_head). Baselines: "
+                   "their one head.")
 def report_(runs, out, page, notes, title, head):
     """Finished runs side by side: the papers' tables (IJCV Tables 1, 8, 9, 11; BMVC Table 5a)
     as Markdown and CSV, and a bar chart of mIoU. Runs of different datasets, class sets or

@@ -236,12 +236,19 @@ def test_one_seed_per_setting_adds_no_seed_tables(five, tmp_path):
     assert not {"seeds", "per_class_seeds", "differences"} & set(result["tables"])
 
 
-def test_report_takes_the_papers_head_by_default_and_says_which(tmp_path):
+def test_report_takes_each_runs_own_head_by_default_the_papers_on_request_and_says_which(tmp_path):
     steps = dict(iters1=3, iters2=2)
     runs = [fake_run(tmp_path, "cm", 0.09, method="sourcesep-cm", by_head={"t": 0.09, "ss": 0.10}, **steps),
             fake_run(tmp_path, "cm-no-ssh", 0.07, method="sourcesep-cm", ssh=False, by_head={"t": 0.07}, **steps),
             fake_run(tmp_path, "deeplabv3", 0.05, stage=1, method="deeplabv3", **steps)]
     args = ["report", *map(str, runs), "--out", str(tmp_path / "rep")]
+    result = CliRunner().invoke(trainer_cli, args)  # the default: each run's own prediction (report.json's head)
+    assert result.exit_code == 0, result.output
+    rows = {r[-1]: r for r in _rows(tmp_path / "rep" / "overall.csv")[1:]}
+    assert (rows["cm"][3], rows["cm"][4]) == ("S_t", "9.0000")  # after stage 2 the run predicts with S_t
+    assert "Prediction head: each run's own prediction" in (tmp_path / "rep" / "report.md").read_text()
+
+    args += ["--head", "paper"]
     result = CliRunner().invoke(trainer_cli, args)
     assert result.exit_code == 0, result.output
     assert "(head: paper)" in result.output

@@ -72,10 +72,14 @@ METHOD_ORDER = ("deeplabv3", "mixup", "cutmix", "sourcesep-cc", "sourcesep-cm", 
 # BMVC Table 5a's names of blendgen mix's strategies.
 STRATEGY_NAMES = {"clustered": "C_fb", "random": "R_fb", "within": "Ca_fb", "random-fixed": "WR_fb", "half": "M_fb"}
 PAPER_DELTA = "0.7:1"  # BMVC 3.1: δ ~ U[0.7, 1], the default of blendgen mix
-# ``trainer report --head``: "paper" = S_ss for the source separation network ("we are
-# principally interested in the final dominant prediction, S_ss", IJCV 3.2.2), the one head of
-# the baselines and of w/o SSH runs; "t" / "ss" = that head wherever the run recorded it.
-REPORT_HEADS = ("paper", "t", "ss")
+# ``trainer report --head``: "auto" = each run's own prediction, the head its report.json was
+# made with (S_t after the denoising stage, S_ss after stage 1 alone, the one head of a baseline;
+# ours, as ``trainer eval --head auto``: stage 2 does not train the SSH, and once it has silenced
+# the phantom branch S_ss reads logits its SSH never saw); "paper" = S_ss for the source
+# separation network ("we are principally interested in the final dominant prediction, S_ss",
+# IJCV 3.2.2), the one head of the baselines and of w/o SSH runs; "t" / "ss" = that head
+# wherever the run recorded it.
+REPORT_HEADS = ("auto", "paper", "t", "ss")
 HEAD_NAMES = {"t": "S_t", "ss": "S_ss"}
 
 
@@ -88,7 +92,7 @@ class ReportConfig:
     page: str | None = None  # the Markdown page; None = OUT/report.md
     notes: str | None = None  # a Markdown file shown under the title (e.g. how the data was made)
     title: str = "Results"
-    head: str = "paper"  # the prediction each run is reported by; one of REPORT_HEADS
+    head: str = "auto"  # the prediction each run is reported by; one of REPORT_HEADS
 
     def __post_init__(self) -> None:
         if not self.runs:
@@ -108,7 +112,7 @@ class ReportConfig:
                 args += [option, value]
         if self.title != "Results":
             args += ["--title", self.title]
-        if self.head != "paper":
+        if self.head != "auto":
             args += ["--head", self.head]
         return shlex.join(args)
 
@@ -153,6 +157,8 @@ class RunRecord:
         """This run reported by another head (``REPORT_HEADS``): its mIoU, accuracies and per-class
         IoU from report.json's ``by_head``. A run without that head (a baseline, a w/o SSH run,
         a run from before by_head) keeps the head it was evaluated with, and says so."""
+        if choice == "auto":
+            return self
         want = ("ss" if self.two_branch and self.config.ssh else "t") if choice == "paper" else choice
         heads = self.report.get("by_head") or {}
         if want == self.head or want not in heads:
@@ -291,8 +297,8 @@ def overall_table(runs: list[RunRecord]) -> list[Table]:
              100 * r.report["pixel_acc"], _percent(r.report.get("mean_acc")), r.name] for r in runs]
     return [Table("overall", "Overall mIoU by method (IJCV Table 1)",
                   ["method", "variant", "backbone", "head", "mIoU", "pixel acc", "mean class acc", "run"], rows,
-                  "head: the prediction reported (S_ss, the paper's final dominant prediction, for the source "
-                  "separation network unless `--head t`; the single head of the baselines).")]
+                  "head: the prediction reported (each run's own unless `--head` says otherwise: S_t after the "
+                  "denoising stage, S_ss after stage 1; the single head of the baselines).")]
 
 
 @table_builder("miou")
@@ -584,6 +590,9 @@ def render_page(config: ReportConfig, runs: list[RunRecord], tables: list[Table]
 
 
 def _head_line(choice: str) -> str:
+    if choice == "auto":
+        return ("each run's own prediction: S_t after the denoising stage, S_ss after stage 1 alone, the single "
+                "head for the baselines (`--head paper` for S_ss throughout).")
     if choice == "paper":
         return ("S_ss for the source separation network (the paper's final dominant prediction; "
                 "`--head t` for S_t), the single head for the baselines.")
