@@ -566,7 +566,7 @@ def _train_errors():
               help="Defaults for a setting; explicit options win. demo: the CPU recipe of docs/experiments.md "
                    "(resnet18, AdamW then SGD in stage 2, crop 128, median-freq class weights, 1200 + 300 steps; "
                    "about 9 minutes on 2 CPU cores). photos-cpu: real photos of ~480x360 at half size, crop 176, "
-                   "1350 + 450 steps, about 25 minutes (docs/photos.md). bmvc-r101: "
+                   "1350 + 450 steps, 13-18 minutes with bf16 (docs/photos.md). bmvc-r101: "
                    "ImageNet ResNet-101, crop 321, 30 + 30 epochs, full-image eval; ijcv-r101 / ijcv-r50: crop 513, "
                    "513 centre-crop eval, 50 + 50 epochs (docs/methods.md).")
 @click.option("--backbone", type=click.Choice(["resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_large"]),

@@ -77,7 +77,7 @@ PRESETS: dict[str, dict] = {
              "iters2": 300, "optimizer": "adamw", "weight_decay": 1e-2, "lr1": 1e-3, **_STAGE2_SGD, "warmup": 30,
              "class_weights": "median-freq", "eval_every": 300, "log_every": 10, "checkpoint_every": 100},
     # ``--preset photos-cpu``: real photos of ~480x360 (street scenes, CamVid-sized) on two CPU
-    # cores in about 25 minutes of training and evaluation (bf16), from random weights (all ours,
+    # cores in 13-18 minutes of training and evaluation (bf16), from random weights (all ours,
     # docs/photos.md): the demo's network, optimizers and stage 2, every image trained and
     # evaluated at half its size (--scale 0.5:0.5, --eval-scale 0.5: predictions are upsampled and
     # scored on the stored labels), random 176 crops of the 240x180 result, 1350 + 450 steps, and
