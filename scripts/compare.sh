@@ -8,6 +8,8 @@
 #   TRAIN_ARGS="--iters1 100 --iters2 50" RUNS=runs/quick bash scripts/compare.sh
 #
 # Resumable: a finished run (report.json) is kept, an interrupted one continues from its last.pt.
+# Cost with --preset demo on 2 CPU cores (bf16): 7-9 minutes a run, so the default 21 runs take
+# about 3 hours (docs/results.md lists each run's time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
