@@ -564,7 +564,7 @@ def _train_errors():
               help="blendgen output root holding mixed/ (stage 1), train/ (stage 2) and val/ (evaluation).")
 @click.option("--preset", type=click.Choice(["demo", "photos-cpu", "bmvc-r101", "ijcv-r101", "ijcv-r50"]), default=None,
               help="Defaults for a setting; explicit options win. demo: the CPU recipe of docs/experiments.md "
-                   "(resnet18, AdamW then SGD in stage 2, crop 128, median-freq class weights, 1200 + 300 steps; "
+                   "(resnet18, AdamW then SGD in stage 2 with ε = 1, crop 128, median-freq class weights, 1200 + 300 steps; "
                    "about 9 minutes on 2 CPU cores). photos-cpu: real photos of ~480x360 at half size, crop 176, "
                    "1350 + 450 steps, 13-18 minutes with bf16 (docs/photos.md). bmvc-r101: "
                    "ImageNet ResNet-101, crop 321, 30 + 30 epochs, full-image eval; ijcv-r101 / ijcv-r50: crop 513, "
@@ -628,7 +628,8 @@ def _train_errors():
 @click.option("--warmup", type=click.IntRange(0), default=None,
               help="Optimizer steps of linear learning-rate warm-up at the start of each stage.  [default: 0]")
 @click.option("--ppa-eps", type=click.FloatRange(0, min_open=True), default=None,
-              help="Stage 2: ε of the phantom term log(ε + Σ ReLU(S_p)) (docs/experiments.md).  [default: 1e-6]")
+              help="Stage 2: ε of the phantom term log(ε + Σ ReLU(S_p)): 1e-6 the papers', 1 bounds its gradient "
+                   "(--preset demo; docs/experiments.md §8).  [default: 1e-6]")
 @click.option("--class-weights", type=click.Choice(["none", "median-freq"]), default=None,
               help="Weigh every CE term's pixels by class, ours: median-freq = median frequency balancing from "
                    "SHARDS/train's labels (small classes; docs/photos.md; --preset demo and photos-cpu), none = plain CE "

@@ -44,9 +44,11 @@ def test_config_errors_name_the_field():
     assert TrainConfig(shards="out").stage_length(1) == ("epochs", 30)
     demo = TrainConfig(shards="out", **PRESETS["demo"])
     assert demo.stage_length(2) == ("iters", 300)
-    # stage 2 the papers' way (SGD, ℓ_PPA with ε = 1e-6) after AdamW in stage 1 (docs/experiments.md §7)
+    # stage 2 with the papers' SGD after AdamW in stage 1 (docs/experiments.md §7); the demo bounds
+    # ℓ_PPA's spike with ε = 1 (§8), photos-cpu keeps the papers' ε (docs/photos.md)
     assert demo.stage_optimizer(1)[0] == "adamw" and demo.stage_optimizer(2) == ("sgd", 1e-2, 5e-4)
-    assert demo.ppa_eps == 1e-6 and demo.class_weights == "median-freq"
+    assert demo.ppa_eps == 1.0 and demo.class_weights == "median-freq"
+    assert TrainConfig(shards="out", **PRESETS["photos-cpu"]).ppa_eps == 1e-6
     config = TrainConfig(shards="out", **TINY)
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
