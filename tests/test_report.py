@@ -280,3 +280,18 @@ def test_stage2_options_split_a_two_branch_setting_but_not_a_baseline(tmp_path):
           for s, eps in ((0, 1e-6), (1, 1.0))]
     groups = seed_groups([load_run(p) for p in cc + dl])
     assert sorted(len(g) for g in groups) == [1, 1, 2]  # SourceSep's ε is a setting; DeepLabv3 never uses it
+
+
+def test_settings_that_would_read_alike_are_named_by_the_options_they_differ_in(tmp_path):
+    steps = dict(iters1=300, iters2=150)
+    runs = [fake_run(tmp_path, f"cc{eps:g}-s{s}", 0.2 + 0.1 * (eps == 1.0) + 0.01 * s, method="sourcesep-cc",
+                     seed=s, ppa_eps=eps, **steps) for eps in (1e-6, 1.0) for s in (0, 1)]
+    runs += [fake_run(tmp_path, f"dl-s{s}", 0.3, stage=1, method="deeplabv3", seed=s, **steps) for s in (0, 1)]
+    result = CliRunner().invoke(trainer_cli, ["report", *map(str, runs), "--out", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    rows = {r[0]: r for r in _rows(tmp_path / "rep" / "seeds.csv")[1:]}
+    cc = "DeepLabv3 + SourceSep-CC, resnet50"
+    assert set(rows) == {f"{cc}, --ppa-eps 1e-06", f"{cc}, --ppa-eps 1", "DeepLabv3, resnet50"}
+    assert float(rows[f"{cc}, --ppa-eps 1"][2]) == pytest.approx(30.5)
+    header = _rows(tmp_path / "rep" / "per_class_seeds.csv")[0]
+    assert len(set(header)) == len(header) == 4

@@ -368,6 +368,14 @@ _NOT_SETTING = ("seed", "name", "out", "progress", "resume", "threads", "log_eve
 _STAGE2_ONLY = ("lr2", "optimizer2", "weight_decay2", "ppa_eps", "ppa_weight")
 
 
+def _setting(run: RunRecord) -> dict:
+    """What a run trains and evaluates: its config without the fields that change nothing it computes."""
+    unused = _NOT_SETTING + ("budget",) + (() if run.config.two_branch else _STAGE2_ONLY)
+    setting = {k: v for k, v in run.config.to_dict().items() if k not in unused}
+    setting["trained"] = [run.config.stage_budget(1), run.config.stage_budget(2)]
+    return setting
+
+
 def seed_groups(runs: list[RunRecord]) -> list[list[RunRecord]]:
     """Runs that differ in nothing but their seed (and where they were written), in run order.
 
@@ -377,10 +385,7 @@ def seed_groups(runs: list[RunRecord]) -> list[list[RunRecord]]:
     by one protocol. Runs from before the ``budget`` field load as "steps", today's default."""
     groups: dict[str, list[RunRecord]] = {}
     for run in runs:
-        unused = _NOT_SETTING + ("budget",) + (() if run.config.two_branch else _STAGE2_ONLY)
-        setting = {k: v for k, v in run.config.to_dict().items() if k not in unused}
-        setting["trained"] = [run.config.stage_budget(1), run.config.stage_budget(2)]
-        groups.setdefault(json.dumps(setting, sort_keys=True), []).append(run)
+        groups.setdefault(json.dumps(_setting(run), sort_keys=True), []).append(run)
     for group in groups.values():
         other = next((r for r in group if r.config.budget != group[0].config.budget), None)
         if other is not None:
@@ -414,8 +419,29 @@ def _spread(group: list[RunRecord], value: Callable[[RunRecord], float | None]) 
     return Spread(tuple(v for v in map(value, group) if v is not None and not math.isnan(v)))
 
 
-def _group_label(group: list[RunRecord]) -> str:
-    return f"{group[0].label()}, {group[0].config.backbone}"
+def group_labels(groups: list[list[RunRecord]]) -> list[str]:
+    """Each setting's row name: method, variant and backbone, and where settings would read alike
+    (a variant names only the method's own choices), the options they differ in, e.g. "--ppa-eps 1"."""
+    labels = [f"{g[0].label()}, {g[0].config.backbone}" for g in groups]
+    for label in set(labels):
+        alike = [i for i, other in enumerate(labels) if other == label]
+        if len(alike) < 2:
+            continue
+        settings = [_setting(groups[i][0]) for i in alike]
+        keys = sorted({k for s in settings for k in s if any(t.get(k) != s.get(k) for t in settings)})
+        for i, setting in zip(alike, settings):
+            labels[i] = label + "".join(f", {_option_name(k)} {_setting_value(setting.get(k))}" for k in keys)
+    return labels
+
+
+def _option_name(key: str) -> str:
+    return key if key == "trained" else "--" + key.replace("_", "-")
+
+
+def _setting_value(value) -> str:
+    if isinstance(value, list):  # a tuple after its JSON round trip, e.g. --scale 0.5:0.5
+        return ":".join(_setting_value(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 @table_builder("miou")
@@ -426,8 +452,9 @@ def seed_tables(runs: list[RunRecord]) -> list[Table]:
     if all(len(g) == 1 for g in groups):
         return []
     mious = [_spread(g, lambda r: r.miou) for g in groups]
-    rows = [[_group_label(g), len(g), m.mean, m.std, min(m.values), max(m.values),
-             ", ".join(str(r.config.seed) for r in g)] for g, m in zip(groups, mious)]
+    labels = group_labels(groups)
+    rows = [[label, len(g), m.mean, m.std, min(m.values), max(m.values),
+             ", ".join(str(r.config.seed) for r in g)] for label, g, m in zip(labels, groups, mious)]
     tables = [Table("seeds", "mIoU over seeds (mean ± standard deviation)",
                     ["setting", "seeds", "mean mIoU", "std", "min", "max", "seed values"], rows,
                     "std: the sample standard deviation over the seeds (n - 1).")]
@@ -435,8 +462,8 @@ def seed_tables(runs: list[RunRecord]) -> list[Table]:
     per_class = [[name, *(_spread(g, lambda r, n=name: _percent(r.report["per_class_iou"][n])).text()
                           for g in groups)] for name in classes]
     tables.append(Table("per_class_seeds", "IoU per class over seeds (mean ± std)",
-                        ["class", *(_group_label(g) for g in groups)], per_class))
-    pairs = [[_group_label(groups[i]), _group_label(groups[j]), mious[i].mean - mious[j].mean,
+                        ["class", *labels], per_class))
+    pairs = [[labels[i], labels[j], mious[i].mean - mious[j].mean,
               mious[i].std + mious[j].std, _separation(mious[i], mious[j])]
              for i in range(len(groups)) for j in range(i + 1, len(groups))]
     tables.append(Table("differences", "Differences between settings against the seed-to-seed spread",
@@ -541,7 +568,8 @@ def make_report(config: ReportConfig) -> dict:
         table.write_csv(out / f"{table.key}.csv")
     chart = out / "miou.png"
     plot_miou(runs, chart)
-    with_curves = [(_group_label(g), r.path / "metrics.jsonl") for g in seed_groups(runs) for r in g
+    groups = seed_groups(runs)
+    with_curves = [(label, r.path / "metrics.jsonl") for label, g in zip(group_labels(groups), groups) for r in g
                    if (r.path / "metrics.jsonl").is_file()]
     curves = out / "curves.png" if with_curves else None
     if curves is not None:
