@@ -295,3 +295,15 @@ def test_settings_that_would_read_alike_are_named_by_the_options_they_differ_in(
     assert float(rows[f"{cc}, --ppa-eps 1"][2]) == pytest.approx(30.5)
     header = _rows(tmp_path / "rep" / "per_class_seeds.csv")[0]
     assert len(set(header)) == len(header) == 4
+
+
+def test_ssh_table_says_once_which_runs_skipped_the_denoising_stage(tmp_path):
+    steps = dict(iters1=300, iters2=150)
+    runs = [fake_run(tmp_path, "cc", 0.08, method="sourcesep-cc", **steps),
+            fake_run(tmp_path, "cc-no-ssh", 0.09, method="sourcesep-cc", ssh=False, **steps),
+            fake_run(tmp_path, "cc-no-dn", 0.07, stage=1, method="sourcesep-cc", denoise=False, **steps)]
+    make_report(ReportConfig(runs=tuple(map(str, runs)), out=str(tmp_path / "rep")))
+    rows = {r[-1]: r[:2] for r in _rows(tmp_path / "rep" / "ssh.csv")[1:]}
+    assert rows == {"cc": ["DeepLabv3 + SourceSep-CC (w/ SSH)", "w/ DN"],
+                    "cc-no-ssh": ["DeepLabv3 + SourceSep-CC (w/o SSH)", "w/ DN"],
+                    "cc-no-dn": ["DeepLabv3 + SourceSep-CC (w/ SSH)", "w/o DN"]}

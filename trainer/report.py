@@ -505,8 +505,8 @@ def per_class_table(runs: list[RunRecord]) -> list[Table]:
 
 def _other_tags(run: RunRecord, drop: str) -> str:
     tags = [t for t in run.variant().split(", ") if t and t != drop]
-    if drop != "w/o DN" and run.two_branch:
-        tags.append("w/ DN" if run.denoised else "w/o DN")
+    if drop != "w/o DN" and run.two_branch and run.denoised:  # the variant already says "w/o DN"
+        tags.append("w/ DN")
     return ", ".join(tags) or "-"
 
 
