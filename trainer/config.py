@@ -76,8 +76,7 @@ _STAGE2_SGD = {"optimizer2": "sgd", "weight_decay2": 5e-4, "lr2": 1e-2}
 PRESETS: dict[str, dict] = {
     "demo": {"backbone": "resnet18", "crop": 128, "scale": (1.0, 1.0), "batch_size": 8, "iters1": 1200,
              "iters2": 300, "optimizer": "adamw", "weight_decay": 1e-2, "lr1": 1e-3, **_STAGE2_SGD, "ppa_eps": 1.0,
-             "warmup": 30,
-             "class_weights": "median-freq", "eval_every": 300, "log_every": 10, "checkpoint_every": 100},
+             "warmup": 30, "class_weights": "median-freq", "eval_every": 300, "log_every": 10, "checkpoint_every": 100},
     # ``--preset photos-cpu``: real photos of ~480x360 (street scenes, CamVid-sized) on two CPU
     # cores in 13-18 minutes of training and evaluation (bf16), from random weights (all ours,
     # docs/photos.md): the demo's network, optimizers and stage 2, every image trained and
