@@ -579,6 +579,10 @@ def _train_errors():
 @click.option("--init", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Local state dict (or trainer checkpoint) loaded into the model before stage 1.")
 @click.option("--no-ssh", is_flag=True, help="No source separation head (the 'w/o SSH' ablation).")
+@click.option("--ssh-detach/--ssh-end-to-end", default=None,
+              help="(ours) The SSH reads S_t and S_p through a stop-gradient, so its loss trains F_ss alone and not "
+                   "the branches or the encoder; the papers train all end to end (docs/experiments.md section 9).  "
+                   "[default: end to end]")
 @click.option("--method", type=click.Choice(["sourcesep-cc", "sourcesep-cm", "deeplabv3", "mixup", "cutmix",
                                             "mixup-cm"]),
               default=None, help="sourcesep-cc: offline blends (SHARDS/mixed); sourcesep-cm: co-occurrence blending "

@@ -175,6 +175,13 @@ def test_run_command_reports_bad_input_in_one_line(tmp_path, monkeypatch):
     assert (config.crop, config.backbone, config.ssh, config.progress) == (64, "resnet18", False, False)
     assert (config.optimizer, config.optimizer2, config.scale) == ("adamw", "sgd", (1.0, 1.0))
     assert config.stage_length(1) == ("epochs", 2) and config.stage_length(2) == ("iters", 300)
+    assert config.ssh_detach is False  # the papers' end-to-end SSH unless asked
+    result = CliRunner().invoke(trainer_cli, ["run", "--shards", "out", "--preset", "demo", "--ssh-detach"])
+    assert result.exit_code == 0, result.output
+    assert seen["config"].ssh_detach is True
+    for refused in (["--method", "deeplabv3", "--ssh-detach"], ["--no-ssh", "--ssh-detach"]):
+        result = CliRunner().invoke(trainer_cli, ["run", "--shards", "out", "--preset", "demo", *refused])
+        assert result.exit_code == 1 and "ssh_detach" in result.output and "Traceback" not in result.output, refused
 
 
 def test_warmup_rises_linearly_then_poly_decays_to_zero():
@@ -186,13 +193,14 @@ def test_warmup_rises_linearly_then_poly_decays_to_zero():
     assert [lr_factor(i, total=10, warmup=0, power=1.0) for i in (0, 5)] == [1.0, 0.5]
 
 
-def test_adamw_warmup_clipping_and_ppa_eps_reach_the_run(tmp_path, shared_shards):
+def test_adamw_warmup_clipping_ppa_eps_and_ssh_detach_reach_the_run(tmp_path, shared_shards):
     config = TrainConfig(shards=str(shared_shards), out=str(tmp_path), name="adamw", optimizer="adamw",
-                         weight_decay=0.01, warmup=2, grad_clip=0.5, ppa_eps=1.0, eval_every=1,
+                         weight_decay=0.01, warmup=2, grad_clip=0.5, ppa_eps=1.0, eval_every=1, ssh_detach=True,
                          **{**TINY, "iters1": 3, "iters2": 2})
     run(config)
     last = torch.load(tmp_path / "adamw" / "last.pt", weights_only=True)
     assert "exp_avg_sq" in next(iter(last["optimizer"]["state"].values()))  # Adam moments, not SGD momentum
+    assert last["model_config"]["ssh_detach"] is True  # the network the run built detaches its SSH
     lines = [json.loads(line) for line in (tmp_path / "adamw" / "metrics.jsonl").read_text().splitlines()]
     train_lines = [m for m in lines if "loss" in m]
     assert [m["lr"] for m in train_lines[:2]] == [pytest.approx(2.5e-4 * 1.0), pytest.approx(2.5e-4 * (1 / 3) ** 0.9)]

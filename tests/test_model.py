@@ -129,6 +129,24 @@ def test_stage1_gradients_reach_encoder_both_branches_and_ssh(mobilenet):
         assert sum(g.abs().sum() for g in grads) > 0, part
 
 
+def test_a_detached_ssh_predicts_the_same_but_its_loss_trains_only_itself(mobilenet):
+    detached = build_model(ModelConfig(num_classes=K, ssh_detach=True))
+    detached.load_state_dict(mobilenet.state_dict())
+    x, label = _image(), torch.randint(0, K, (B, H, W))
+    with torch.no_grad():
+        same = [m.eval()(x) for m in (mobilenet, detached)]
+    for name in ("t", "p", "ss"):
+        assert torch.equal(same[0][name], same[1][name]), name
+    for model, reaches_encoder in ((mobilenet, True), (detached, False)):
+        model.train().zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x)["ss"], label).backward()  # the SSH's term alone
+        assert sum(p.grad.abs().sum() for p in model.ssh.parameters()) > 0
+        for part in ("backbone", "classifier", "phantom_classifier"):
+            grads = [p.grad for p in getattr(model, part).parameters() if p.grad is not None]
+            reached = sum(g.abs().sum() for g in grads) > 0 if grads else False
+            assert reached == reaches_encoder, (part, reaches_encoder)
+
+
 def test_stage2_trains_encoder_and_both_branches_not_ssh(mobilenet):
     configure_stage(mobilenet, 2)
     try:

@@ -111,6 +111,7 @@ class TrainConfig:
     backbone_weights: str | None = None  # "imagenet" = torchvision's weights, downloaded on first use
     init: str | None = None  # local state dict loaded into the model before stage 1
     ssh: bool = True  # source separation head; False = the "w/o SSH" ablation
+    ssh_detach: bool = False  # (ours) the SSH's loss trains F_ss only, not the branches and encoder
     denoise: bool = True  # stage 2 (IJCV 3.3); False = the "w/o DN" ablation, stop after stage 1
     output_stride: int = 16
     # -- data
@@ -238,6 +239,8 @@ class TrainConfig:
         _check(m in METHODS, "method", f"expected one of {METHODS}, got {m!r}")
         single = m not in TWO_BRANCH_METHODS
         _check(self.ssh or not single, "ssh", f"{m} is a single-head DeepLabv3: it has no SSH to drop")
+        _check(not self.ssh_detach or (self.ssh and not single), "ssh_detach",
+               f"{m} has no SSH to detach" if single else "--no-ssh leaves no SSH to detach")
         _check(self.denoise or not single, "denoise", f"{m} is a single-head DeepLabv3: it has no denoising stage")
         if single:  # the baselines train iters1 + iters2 (or epochs1 + epochs2) steps in one stage
             _check(self.stage_length(1)[0] == self.stage_length(2)[0], "iters1",

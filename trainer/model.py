@@ -48,6 +48,9 @@ class ModelConfig:
     num_classes: int
     backbone: str = "mobilenet_v3_large"
     ssh: bool = True  # source separation head F_ss; False = the "w/o SSH" ablation
+    # (ours) the SSH reads S_t and S_p through a stop-gradient: its CE trains F_ss alone, not the
+    # branches or the encoder (docs/experiments.md section 9). The papers train all end to end.
+    ssh_detach: bool = False
     two_branch: bool = True  # False = plain single-head DeepLabv3 (baselines); ``ssh`` then ignored
     # None = random init; "imagenet" = torchvision's ImageNet weights for the backbone, downloaded
     # into $TORCH_HOME on first use (no download ever happens with None).
@@ -185,7 +188,8 @@ class SourceSeparationNet(nn.Module):
         if self.phantom_classifier is not None:
             logits["p"] = self.phantom_classifier(f)  # S_p (B, K, h, w)
         if self.ssh is not None:
-            logits["ss"] = self.ssh(torch.cat([logits["t"], logits["p"]], dim=1))  # (B, K, h, w)
+            branches = torch.cat([logits["t"], logits["p"]], dim=1)  # (B, 2K, h, w)
+            logits["ss"] = self.ssh(branches.detach() if self.config.ssh_detach else branches)  # (B, K, h, w)
         return {name: upsample(s, size) for name, s in logits.items()}  # each (B, K, H, W)
 
 

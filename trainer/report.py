@@ -183,6 +183,8 @@ class RunRecord:
             tags.append("w/o DN")
         if self.two_branch and not c.ssh:
             tags.append("w/o SSH")
+        if c.ssh_detach:
+            tags.append("SSH detached")
         if c.method == "sourcesep-cc":
             if c.mixed_strategy not in (None, "clustered"):
                 tags.append(STRATEGY_NAMES.get(c.mixed_strategy, c.mixed_strategy))
