@@ -691,11 +691,14 @@ def run_(shards, preset, no_ssh, no_denoise, resume, quiet, **options):
       trainer run --shards out/ --preset demo --method sourcesep-cm --name demo-cm
       torchrun --standalone --nproc_per_node 2 -m trainer run --shards out/ --preset demo
     """
-    from trainer.config import PRESETS, TrainConfig
+    from trainer.config import PRESETS, TWO_BRANCH_METHODS, TrainConfig
     from trainer.train import run
 
     given = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items() if v is not None}
     settings = dict(PRESETS.get(preset, {}))
+    method = given.get("method", settings.get("method", TrainConfig.method))
+    if no_ssh or method not in TWO_BRANCH_METHODS:  # a preset's SSH choice, where there is no SSH
+        settings.pop("ssh_detach", None)
     for stage in ("1", "2"):  # an explicit length of either kind replaces the preset's
         if f"iters{stage}" in given or f"epochs{stage}" in given:
             settings.pop(f"iters{stage}", None)

@@ -182,6 +182,13 @@ def test_run_command_reports_bad_input_in_one_line(tmp_path, monkeypatch):
     for refused in (["--method", "deeplabv3", "--ssh-detach"], ["--no-ssh", "--ssh-detach"]):
         result = CliRunner().invoke(trainer_cli, ["run", "--shards", "out", "--preset", "demo", *refused])
         assert result.exit_code == 1 and "ssh_detach" in result.output and "Traceback" not in result.output, refused
+    # a preset that detaches the SSH still serves the methods without one, and --ssh-end-to-end undoes it
+    monkeypatch.setitem(PRESETS, "demo", {**PRESETS["demo"], "ssh_detach": True})
+    for args, detached in ((["--method", "sourcesep-cm"], True), (["--ssh-end-to-end"], False),
+                           (["--method", "deeplabv3"], False), (["--no-ssh"], False)):
+        result = CliRunner().invoke(trainer_cli, ["run", "--shards", "out", "--preset", "demo", *args])
+        assert result.exit_code == 0, (args, result.output)
+        assert seen["config"].ssh_detach is detached, args
 
 
 def test_warmup_rises_linearly_then_poly_decays_to_zero():
