@@ -564,7 +564,8 @@ def _train_errors():
               help="blendgen output root holding mixed/ (stage 1), train/ (stage 2) and val/ (evaluation).")
 @click.option("--preset", type=click.Choice(["demo", "photos-cpu", "bmvc-r101", "ijcv-r101", "ijcv-r50"]), default=None,
               help="Defaults for a setting; explicit options win. demo: the CPU recipe of docs/experiments.md "
-                   "(resnet18, AdamW then SGD in stage 2 with ε = 1, crop 128, median-freq class weights, 1200 + 300 steps; "
+                   "(resnet18, AdamW then SGD in stage 2 with ε = 1, the SSH detached, crop 128, median-freq class weights, "
+                   "1200 + 300 steps; "
                    "about 9 minutes on 2 CPU cores). photos-cpu: real photos of ~480x360 at half size, crop 176, "
                    "1350 + 450 steps, 13-18 minutes with bf16 (docs/photos.md). bmvc-r101: "
                    "ImageNet ResNet-101, crop 321, 30 + 30 epochs, full-image eval; ijcv-r101 / ijcv-r50: crop 513, "

@@ -48,6 +48,7 @@ def test_config_errors_name_the_field():
     # ℓ_PPA's spike with ε = 1 (§8), photos-cpu keeps the papers' ε (docs/photos.md)
     assert demo.stage_optimizer(1)[0] == "adamw" and demo.stage_optimizer(2) == ("sgd", 1e-2, 5e-4)
     assert demo.ppa_eps == 1.0 and demo.class_weights == "median-freq"
+    assert demo.ssh_detach  # the SSH's loss trains F_ss alone (§9)
     assert TrainConfig(shards="out", **PRESETS["photos-cpu"]).ppa_eps == 1e-6
     config = TrainConfig(shards="out", **TINY)
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config

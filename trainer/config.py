@@ -71,12 +71,14 @@ BUDGETS = ("steps", "epochs")  # equal optimizer steps (ours, default) or the pa
 # SGD (momentum 0.9, weight decay 5e-4) at lr 1e-2 (AdamW let the phantom term reach the encoder
 # and cost 1-3 points), with ℓ_PPA's ε = 1: as written (ε = 1e-6) the term's gradient spikes in
 # stage 2's first 50 steps and took 4-6 points from stage 1 on some seeds, ε = 1 bounds it
-# (experiments.md §8); 1200 + 300 steps, a val evaluation every 300 for the learning curve.
+# (experiments.md §8); the SSH's loss trains F_ss alone (--ssh-detach): end to end it slowed both
+# branches and cost stage 1 5 points (§9); 1200 + 300 steps, a val evaluation every 300.
 _STAGE2_SGD = {"optimizer2": "sgd", "weight_decay2": 5e-4, "lr2": 1e-2}
 PRESETS: dict[str, dict] = {
     "demo": {"backbone": "resnet18", "crop": 128, "scale": (1.0, 1.0), "batch_size": 8, "iters1": 1200,
              "iters2": 300, "optimizer": "adamw", "weight_decay": 1e-2, "lr1": 1e-3, **_STAGE2_SGD, "ppa_eps": 1.0,
-             "warmup": 30, "class_weights": "median-freq", "eval_every": 300, "log_every": 10, "checkpoint_every": 100},
+             "ssh_detach": True, "warmup": 30, "class_weights": "median-freq", "eval_every": 300, "log_every": 10,
+             "checkpoint_every": 100},
     # ``--preset photos-cpu``: real photos of ~480x360 (street scenes, CamVid-sized) on two CPU
     # cores in 13-18 minutes of training and evaluation (bf16), from random weights (all ours,
     # docs/photos.md): the demo's network, optimizers and stage 2, every image trained and
