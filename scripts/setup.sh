@@ -7,7 +7,7 @@ PYTHON=${PYTHON:-python3}
 # torch/torchvision are pinned in setup.cfg to a pair verified together (~5.5 GB with CUDA
 # libraries, which also run on the CPU); the first install takes a minute or two.
 NEED_GB=7
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+if ! compgen -G ".venv/lib/python*/site-packages/torch/__init__.py" >/dev/null; then  # torch not installed yet
   free_kb=$(df -Pk . | awk 'NR == 2 {print $4}')
   if [ "$free_kb" -lt $((NEED_GB * 1024 * 1024)) ]; then
     echo "setup: $(pwd) has $((free_kb / 1024)) MB free; installing torch needs about ${NEED_GB} GB (free some space and rerun)" >&2

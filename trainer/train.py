@@ -122,7 +122,8 @@ def start_run(config: TrainConfig, d: Dist) -> Run:
         raise ValueError(f"name: {run_dir} already holds a run; pass --resume to continue it or choose another --name")
     classes = shard_classes(config)
     model_config = ModelConfig(num_classes=classes.num_classes, backbone=config.backbone, ssh=config.ssh,
-                               ssh_detach=config.ssh_detach, two_branch=config.two_branch, backbone_weights=config.backbone_weights, init=config.init,
+                               ssh_detach=config.ssh_detach, two_branch=config.two_branch,
+                               backbone_weights=config.backbone_weights, init=config.init,
                                output_stride=config.output_stride)
     if config.init is not None:
         check_init(config.init, model_config)
